@@ -1,0 +1,57 @@
+"""`samr1`: LightningCLI (fit / validate / test / predict) plus `samr1 tiny` and `samr1 prepare`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lightning.pytorch.cli import LightningCLI
+
+from samr1.datamodules.base import SegDataModule
+from samr1.modules.policy import GRPOModule
+
+
+class SamR1CLI(LightningCLI):
+    """LightningCLI over `GRPOModule` and any `SegDataModule` (chosen by `data.class_path`)."""
+
+
+def tiny_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="samr1 tiny", description="Write tiny random Qwen2.5-VL and SAM checkpoints (offline, seeded)."
+    )
+    parser.add_argument("out_dir", help="directory to write (qwen2_5_vl/, sam_vit_tiny.pth, manifest.json)")
+    parser.add_argument("--size", default="tiny", choices=["tiny", "small"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    from samr1.modules.tiny import write_tiny_checkpoints
+
+    print(json.dumps(write_tiny_checkpoints(args.out_dir, size=args.size, seed=args.seed), indent=2))
+
+
+def prepare_main(argv: list[str]) -> None:
+    from samr1.datamodules.prepare import main as prepare
+
+    prepare(argv)
+
+
+COMMANDS = {"tiny": tiny_main, "prepare": prepare_main}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `samr1` console script; `argv` (default: the command line) for use from Python."""
+    words = sys.argv[1:] if argv is None else argv
+    if words and words[0] in COMMANDS:
+        COMMANDS[words[0]](words[1:])
+        return
+    SamR1CLI(
+        GRPOModule,
+        SegDataModule,
+        subclass_mode_data=True,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Evaluation as the field reports it (LISA's semantics): parse, SAM on original pixels, exact metrics.
+
+Greedy answers are parsed; the box and points are mapped back to original pixels and given to SAM, which
+keeps its best-scoring mask. No sample is ever dropped: an unparseable answer is an empty prediction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchmetrics import MeanMetric
+
+from samr1.metrics import (
+    BoxAccuracy,
+    GroupedSegmentationIoU,
+    ParseFailureRate,
+    SegmentationIoU,
+    intersection_union,
+    reasonseg_group,
+    sample_iou,
+)
+from samr1.rewards.box import box_iou, to_original
+from samr1.rewards.parsing import Answer, parse_answer
+from samr1.sample import SegSample
+
+
+@dataclass
+class SampleResult:
+    """One evaluated sample; everything but the mask goes to the per-sample JSONL."""
+
+    id: str
+    query: str
+    completion: str
+    box: list[float] | None = None  # original pixels
+    points: list[list[float]] | None = None  # original pixels
+    iou: float | None = None
+    intersection: int | None = None
+    union: int | None = None
+    box_iou: float | None = None
+    failure: str | None = None
+    group: str | None = None
+    mask: np.ndarray | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        row = asdict(self)
+        row.pop("mask")
+        return row
+
+
+def sample_group(sample: SegSample) -> str | None:
+    """The report group of a sample: meta["group"], or ReasonSeg's short/long from meta["is_sentence"]."""
+    if "group" in sample.meta:
+        return str(sample.meta["group"])
+    if "is_sentence" in sample.meta:
+        return reasonseg_group(bool(sample.meta["is_sentence"]))
+    return None
+
+
+def answer_objects(answer: Answer | None, multi_object: bool) -> list[Answer]:
+    if answer is None:
+        return []
+    objects = list(answer.objects) if multi_object and answer.objects else [answer]
+    return [o for o in objects if o.box is not None or o.points]
+
+
+def segment_answer(segmenter, image: np.ndarray, sample: SegSample, objects: list[Answer]) -> np.ndarray:
+    """SAM's best-scoring mask for each object's box and points (original pixels), united."""
+    union = np.zeros(image.shape[:2], dtype=bool)
+    for obj in objects:
+        box = to_original(sample, obj.box)[None] if obj.box is not None else None
+        points = to_original(sample, obj.points)[None] if obj.points else None
+        labels = np.ones((1, len(obj.points)), dtype=np.int64) if obj.points else None
+        masks, _ = segmenter.predict(image, boxes=box, points=points, point_labels=labels, multimask=True)
+        union |= np.asarray(masks.cpu() if isinstance(masks, torch.Tensor) else masks)[0].astype(bool)
+    return union
+
+
+def evaluate_sample(text: str, sample: SegSample, segmenter, multi_object: bool = False) -> SampleResult:
+    result = SampleResult(id=str(sample.id), query=sample.query, completion=text, group=sample_group(sample))
+    answer = parse_answer(text)
+    objects = answer_objects(answer, multi_object)
+    if answer is None:
+        result.failure = "unparseable"
+    elif not objects:
+        result.failure = "no box or points"
+    first = objects[0] if objects else None
+    if first is not None and first.box is not None:
+        result.box = [float(v) for v in to_original(sample, first.box)]
+        if sample.box is not None:
+            result.box_iou = box_iou(result.box, sample.box)
+    if first is not None and first.points:
+        result.points = to_original(sample, first.points).tolist()
+    if sample.mask is None:
+        return result
+    if objects and segmenter is not None:
+        image = np.asarray(sample.load_image())
+        result.mask = segment_answer(segmenter, image, sample, objects)
+    inter, union = intersection_union(result.mask, sample.mask)  # None: an empty prediction
+    result.intersection, result.union, result.iou = int(inter), int(union), sample_iou(inter, union)
+    return result
+
+
+class Evaluator(nn.Module):
+    """Accumulates segmentation metrics (exact across processes) and the per-sample records.
+
+    Metrics: gIoU / cIoU overall and per group (`groups`, e.g. ReasonSeg short/long), box accuracy over
+    samples with a GT box, parse-failure rate, and the mean of each reward on the greedy answers.
+    """
+
+    def __init__(
+        self,
+        reward_names: list[str],
+        groups: tuple[str, ...] = ("short", "long"),
+        multi_object: bool = False,
+    ) -> None:
+        super().__init__()
+        self.segmentation = SegmentationIoU()
+        self.grouped = GroupedSegmentationIoU(groups=groups)
+        self.box_accuracy = BoxAccuracy()
+        self.parse_failures = ParseFailureRate()
+        self.reward_means = nn.ModuleDict({name: MeanMetric() for name in reward_names})
+        self.groups = tuple(groups)
+        self.multi_object = multi_object
+        self.records: list[SampleResult] = []
+
+    def update(self, texts: list[str], samples: list[SegSample], segmenter, rewards=()) -> list[SampleResult]:
+        results = [evaluate_sample(t, s, segmenter, self.multi_object) for t, s in zip(texts, samples)]
+        with_mask = [(r, s) for r, s in zip(results, samples) if s.mask is not None]
+        if with_mask:
+            if segmenter is None:
+                raise ValueError("evaluation needs SAM to turn answers into masks: set model.sam_checkpoint")
+            self.segmentation.update([r.mask for r, _ in with_mask], [s.mask for _, s in with_mask])
+            grouped = [(r, s) for r, s in with_mask if r.group in self.groups]
+            if grouped:
+                self.grouped.update(
+                    [r.mask for r, _ in grouped], [s.mask for _, s in grouped], [r.group for r, _ in grouped]
+                )
+        with_box = [(r, s) for r, s in zip(results, samples) if s.box is not None]
+        if with_box:
+            self.box_accuracy.update([r.box for r, _ in with_box], [s.box for _, s in with_box])
+        self.parse_failures.update([None if r.failure == "unparseable" else r for r in results])
+        for reward in rewards:
+            if reward.name in self.reward_means:
+                self.reward_means[reward.name].update(reward(texts, samples))
+        self.records.extend(results)
+        return results
+
+    def compute(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if int(_synced_total(self.segmentation.count)) > 0:
+            out.update({k: float(v) for k, v in self.segmentation.compute().items()})
+        if int(_synced_total(self.grouped.count)) > 0:
+            for key, value in self.grouped.compute().items():
+                if "/" in key and not np.isnan(float(value)):
+                    out[key] = float(value)
+        if int(_synced_total(self.box_accuracy.total)) > 0:
+            out["box_accuracy"] = float(self.box_accuracy.compute())
+        out["parse_failure_rate"] = float(self.parse_failures.compute())
+        for name, metric in self.reward_means.items():
+            out[f"reward/{name}"] = float(metric.compute())
+        return out
+
+    def gather_records(self) -> list[SampleResult]:
+        """Every process's records, in rank order (on every process)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return list(self.records)
+        rows = [r.to_json() for r in self.records]
+        gathered: list[list[dict]] = [None] * dist.get_world_size()  # type: ignore[list-item]
+        dist.all_gather_object(gathered, rows)
+        return [SampleResult(**row) for part in gathered for row in part]
+
+    def write_predictions(self, path: str | Path, records: list[SampleResult]) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for record in records:
+                f.write(json.dumps(record.to_json()) + "\n")
+        return path
+
+    def reset(self) -> None:
+        self.segmentation.reset()
+        self.grouped.reset()
+        self.box_accuracy.reset()
+        self.parse_failures.reset()
+        for metric in self.reward_means.values():
+            metric.reset()
+        self.records = []
+
+
+def _synced_total(count: torch.Tensor) -> torch.Tensor:
+    """Samples counted on all processes (so every process takes the same branch before a collective)."""
+    total = count.sum().clone()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total)
+    return total

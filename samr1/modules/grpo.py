@@ -1,0 +1,120 @@
+"""GRPO math as pure functions: tensors in, tensors out.
+
+Everything here is shape-checked and free of module state so it can be tested against hand-computed values
+and reused by other trainers (`from samr1.modules.grpo import group_advantages, policy_loss`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+AdvantageScale = Literal["group", "batch", "none"]
+LossAggregation = Literal["token", "sequence", "fixed"]
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale: AdvantageScale = "group", eps: float = 1e-6
+) -> torch.Tensor:
+    """Advantages of `rewards` [N], laid out as consecutive groups of `group_size` completions of one prompt.
+
+    `scale="group"`: (r - group mean) / (unbiased group std + eps) (GRPO);
+    `"batch"`: (r - group mean) / (unbiased std of all N + eps) (REINFORCE++-style);
+    `"none"`: r - group mean (Dr. GRPO). A group whose rewards are all equal gets exactly 0.
+    """
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
+    if group_size < 2:
+        raise ValueError(f"group_size must be at least 2 to compare completions, got {group_size}")
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = rewards.to(torch.float32)
+    grouped = r.view(-1, group_size)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    # An all-equal group carries no signal; its centred rewards are float noise, so force them to 0.
+    flat_group = (grouped == grouped[:, :1]).all(dim=1, keepdim=True)
+    centred = centred.masked_fill(flat_group, 0.0)
+    if scale == "group":
+        adv = centred / (grouped.std(dim=1, keepdim=True) + eps)
+    elif scale == "batch":
+        std = r.std() if r.numel() > 1 else r.new_zeros(())
+        adv = centred / (std + eps)
+    elif scale == "none":
+        adv = centred
+    else:
+        raise ValueError(f"unknown advantage scale {scale!r}; use 'group', 'batch' or 'none'")
+    return adv.reshape(-1)
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(policy || reference): exp(ref - logp) - (ref - logp) - 1 (always >= 0)."""
+    delta = ref_logprobs - logprobs
+    return torch.exp(delta) - delta - 1.0
+
+
+def aggregate(values: torch.Tensor, mask: torch.Tensor, aggregation: LossAggregation) -> torch.Tensor:
+    """Reduce per-token `values` [N, T] over the completion `mask` [N, T] to a scalar.
+
+    "token": one mean over every masked token (DAPO, SAM-R1); "sequence": mean per sequence, then over
+    sequences (GRPO); "fixed": sum / (N * T) (Dr. GRPO).
+    """
+    mask = mask.to(values.dtype)
+    masked = values * mask
+    if aggregation == "token":
+        return masked.sum() / mask.sum().clamp(min=1.0)
+    if aggregation == "sequence":
+        per_seq = masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return per_seq.mean()
+    if aggregation == "fixed":
+        return masked.sum() / values.numel()
+    raise ValueError(f"unknown aggregation {aggregation!r}; use 'token', 'sequence' or 'fixed'")
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    ref_logprobs: torch.Tensor | None = None,
+    clip_low: float = 0.2,
+    clip_high: float = 0.3,
+    kl_coef: float = 0.0,
+    aggregation: LossAggregation = "token",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped-surrogate GRPO loss with asymmetric clipping and an optional k3 KL penalty.
+
+    Per token: -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A) + kl_coef * k3(ref, logp),
+    with ratio = exp(logp - old). Shapes: logprobs, old_logprobs, ref_logprobs, mask [N, T]; advantages [N].
+    Returns the scalar loss and detached metrics (kl, clip fractions, mean ratio).
+    """
+    if logprobs.shape != old_logprobs.shape or logprobs.shape != mask.shape:
+        raise ValueError(
+            f"logprobs {tuple(logprobs.shape)}, old_logprobs {tuple(old_logprobs.shape)} and mask "
+            f"{tuple(mask.shape)} must have the same [N, T] shape"
+        )
+    if advantages.shape != logprobs.shape[:1]:
+        raise ValueError(f"advantages must be [N]={logprobs.shape[0]}, got {tuple(advantages.shape)}")
+    if kl_coef > 0 and ref_logprobs is None:
+        raise ValueError("kl_coef > 0 needs ref_logprobs (the reference model's token log-probs)")
+    mask_f = mask.to(logprobs.dtype)
+    adv = advantages.to(logprobs.dtype).unsqueeze(1)
+    ratio = torch.exp(logprobs - old_logprobs)
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    per_token = -torch.minimum(ratio * adv, clipped * adv)
+    metrics: dict[str, torch.Tensor] = {}
+    if ref_logprobs is not None:
+        kl = k3_kl(logprobs, ref_logprobs)
+        if kl_coef > 0:
+            per_token = per_token + kl_coef * kl
+        metrics["kl"] = aggregate(kl.detach(), mask_f, "token")
+    loss = aggregate(per_token, mask_f, aggregation)
+    with torch.no_grad():
+        # A token is clipped when the clipped branch is the one the min picked and it differs from the ratio.
+        low = ((ratio < 1.0 - clip_low) & (adv < 0)).to(logprobs.dtype)
+        high = ((ratio > 1.0 + clip_high) & (adv > 0)).to(logprobs.dtype)
+        metrics["clip_frac_low"] = aggregate(low, mask_f, "token")
+        metrics["clip_frac_high"] = aggregate(high, mask_f, "token")
+        metrics["ratio_mean"] = aggregate(ratio.detach(), mask_f, "token")
+    return loss, metrics

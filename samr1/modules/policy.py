@@ -1,0 +1,427 @@
+"""The GRPO LightningModule: each training step is rollout -> rewards -> advantages -> mini-batch updates.
+
+Hooks orchestrate; the math lives in `grpo.py`, generation in `rollout.py`, log-probs in `logprobs.py`,
+scoring in `scoring.py` and evaluation in `evaluation.py`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Literal
+
+import lightning as L
+import torch
+
+from samr1.modules.evaluation import Evaluator, SampleResult, evaluate_sample
+from samr1.modules.forward import image_features
+from samr1.modules.grpo import AdvantageScale, LossAggregation, aggregate, group_advantages, policy_loss
+from samr1.modules.loading import check_model_path, load_policy, load_processor, special_token_ids
+from samr1.modules.logprobs import completion_logprobs
+from samr1.modules.prompting import DEFAULT_PROMPT, PromptBatch, PromptBuilder
+from samr1.modules.reference import ReferenceModel
+from samr1.modules.rollout import Rollouts, generate_rollouts
+from samr1.modules.scoring import reward_statistics, score_completions
+from samr1.rewards.base import Reward, RewardContext
+from samr1.sample import SegSample
+
+
+class GRPOModule(L.LightningModule):
+    """GRPO for reasoning segmentation (SAM-R1 / Seg-Zero recipes) with manual optimisation.
+
+    Args:
+        model_path: Hugging Face directory or hub id of a Qwen2.5-VL model.
+        rewards: reward plugins (YAML `class_path`); default: think format + box IoU.
+        group_size: completions per prompt (G); at least 2.
+        num_iterations: passes over each rollout batch (mu); with more than one pass, or more than one
+            mini-batch, the importance ratio moves and clipping acts.
+        mini_batch_size: completions per optimiser step (default: the whole rollout batch).
+        micro_batch_size: completions per forward/backward (gradient accumulation inside a mini-batch).
+        kl_coef: k3 KL coefficient; the reference model is loaded only when it is positive.
+        sam_checkpoint: segment-anything checkpoint (or SAM2 directory) shared by the mask reward and evaluation.
+        predictions_path: test: write one JSON line per sample (answer, parsed box/points, IoU, failure) here.
+        eval_groups: report groups for gIoU/cIoU (a sample's meta["group"], or ReasonSeg's short/long).
+        eval_multi_object: evaluation unites SAM's masks for every object of a list answer.
+    """
+
+    def __init__(
+        self,
+        model_path: str = ".tiny/qwen2_5_vl",
+        rewards: list[Reward] | None = None,
+        prompt_template: str = DEFAULT_PROMPT,
+        image_size: tuple[int, int] | None = (840, 840),
+        min_pixels: int = 56 * 56,
+        max_pixels: int = 28 * 28 * 1280,
+        group_size: int = 8,
+        max_new_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        eval_max_new_tokens: int | None = None,
+        learning_rate: float = 1e-6,
+        weight_decay: float = 0.01,
+        adam_betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        lr_schedule: Literal["constant", "cosine", "linear"] = "constant",
+        num_iterations: int = 1,
+        mini_batch_size: int | None = None,
+        micro_batch_size: int = 8,
+        grad_clip: float | None = 1.0,
+        clip_low: float = 0.2,
+        clip_high: float = 0.3,
+        kl_coef: float = 0.0,
+        aggregation: LossAggregation = "token",
+        advantage_scale: AdvantageScale = "group",
+        entropy_coef: float = 0.0,
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        attn_implementation: str = "sdpa",
+        freeze_vision: bool = True,
+        gradient_checkpointing: bool = False,
+        sam_checkpoint: str | None = None,
+        sam_model_type: str = "vit_h",
+        sam_backend: Literal["segment_anything", "sam2"] = "segment_anything",
+        sam_cache_size: int = 0,
+        predictions_path: str | None = None,
+        eval_groups: tuple[str, ...] = ("short", "long"),
+        eval_multi_object: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if group_size < 2:
+            raise ValueError(f"group_size (G) must be at least 2 for group-relative advantages, got {group_size}")
+        if num_iterations < 1 or micro_batch_size < 1 or (mini_batch_size is not None and mini_batch_size < 1):
+            raise ValueError("num_iterations, micro_batch_size and mini_batch_size must be positive")
+        check_model_path(model_path)
+        if sam_checkpoint is not None:
+            from pathlib import Path
+
+            if not Path(sam_checkpoint).exists():
+                raise FileNotFoundError(f"sam_checkpoint not found: {sam_checkpoint}")
+        self.save_hyperparameters(ignore=["rewards"])
+        self.automatic_optimization = False
+        self.rewards = list(rewards) if rewards is not None else _default_rewards()
+        names = [r.name for r in self.rewards]
+        if len(set(names)) != len(names):
+            raise ValueError(f"reward names must be unique, got {names}; set `name` on duplicates")
+        self.policy = None
+        self.processor = None
+        self.prompt_builder: PromptBuilder | None = None
+        self.segmenter = None
+        self._frozen: dict[str, ReferenceModel] = {}  # kept out of state_dict and DDP on purpose
+        self.evaluator = Evaluator([r.name for r in self.rewards], tuple(eval_groups), eval_multi_object)
+        self.generator: torch.Generator | None = None
+
+    # ---------------------------------------------------------------- set-up
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        hp = self.hparams
+        self.policy = load_policy(hp.model_path, hp.dtype, hp.attn_implementation)
+        self.policy.train()  # from_pretrained returns eval mode; Qwen has no dropout, but hooks expect train
+        if hp.freeze_vision:
+            self.policy.model.visual.requires_grad_(False)
+        if hp.gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.processor = load_processor(hp.model_path)
+        self.prompt_builder = PromptBuilder(
+            self.processor, hp.prompt_template, hp.image_size, hp.min_pixels, hp.max_pixels
+        )
+        vocab = self.policy.get_output_embeddings().weight.shape[0]
+        self.eos_ids, self.banned_ids = special_token_ids(self.processor.tokenizer, vocab)
+
+    def setup(self, stage: str) -> None:
+        self.configure_model()
+        hp = self.hparams
+        if hp.sam_checkpoint is not None and self.segmenter is None:
+            from samr1.sam import build_sam
+
+            self.segmenter = build_sam(
+                backend=hp.sam_backend,
+                model_type=hp.sam_model_type,
+                checkpoint=hp.sam_checkpoint,
+                device=self.trainer.strategy.root_device if self._trainer is not None else "cpu",
+                dtype=hp.dtype,
+                cache_size=hp.sam_cache_size,
+            )
+        context = RewardContext(segmenter=self.segmenter, device=self.device)
+        for reward in self.rewards:
+            reward.setup(context)
+        if stage == "fit" and hp.kl_coef > 0 and "reference" not in self._frozen:
+            self._frozen["reference"] = ReferenceModel(hp.model_path, hp.dtype, hp.attn_implementation)
+
+    def on_fit_start(self) -> None:
+        for module in self._frozen.values():
+            module.to(self.device)
+        # One seed per process, so sampling is reproducible and differs across ranks.
+        self.generator = torch.Generator(device=self.device).manual_seed(self.hparams.seed + self.global_rank)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.learning_rate,
+            betas=tuple(hp.adam_betas),
+        )
+        total = self._total_optimizer_steps()
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, hp.warmup_steps, total, hp.lr_schedule)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _total_optimizer_steps(self) -> int:
+        if self.trainer.max_steps and self.trainer.max_steps > 0:
+            return self.trainer.max_steps
+        per_batch = self.hparams.num_iterations * math.ceil(
+            self.trainer.datamodule.batch_size * self.hparams.group_size / self._mini_batch_size(None)
+        ) if self.trainer.datamodule is not None else 1
+        return max(1, int(self.trainer.estimated_stepping_batches) * per_batch)
+
+    # ---------------------------------------------------------------- training
+    def prompts(self, samples: list[SegSample]) -> PromptBatch:
+        return self.prompt_builder(samples).to(self.device)
+
+    def rollout(self, batch: PromptBatch, group_size: int, temperature: float, max_new_tokens: int) -> Rollouts:
+        return generate_rollouts(
+            self.policy,
+            batch,
+            self.processor.tokenizer,
+            group_size=group_size,
+            max_new_tokens=max_new_tokens,
+            eos_token_ids=self.eos_ids,
+            pad_token_id=self.processor.tokenizer.pad_token_id,
+            banned_token_ids=self.banned_ids,
+            temperature=temperature,
+            top_p=self.hparams.top_p,
+            generator=self.generator,
+        )
+
+    def training_step(self, batch: list[SegSample], batch_idx: int) -> None:
+        hp = self.hparams
+        timings: dict[str, float] = {}
+        tic = time.perf_counter()
+        prompts = self.prompts(batch)
+        rollouts = self.rollout(prompts, hp.group_size, hp.temperature, hp.max_new_tokens)
+        timings["generation"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        samples = [prompts.samples[i] for i in rollouts.prompt_index.tolist()]
+        total, per_reward = score_completions(self.rewards, rollouts.texts, samples)
+        advantages = group_advantages(total, hp.group_size, hp.advantage_scale).to(self.device)
+        timings["reward"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        features = None
+        if hp.freeze_vision:  # the vision tower cannot change: encode each image once for every pass
+            with torch.no_grad():
+                features = image_features(self.policy, prompts)
+        old_logprobs = ref_logprobs = None
+        if self._needs_old_logprobs(len(rollouts)):
+            with torch.no_grad():
+                old_logprobs, _ = completion_logprobs(
+                    self.policy, prompts, rollouts.completion_ids, rollouts.prompt_index,
+                    temperature=self._logprob_temperature(), features=features,
+                )
+        if "reference" in self._frozen:
+            ref_logprobs = self._frozen["reference"].logprobs(
+                prompts, rollouts.completion_ids, rollouts.prompt_index, self._logprob_temperature()
+            )
+        timings["logprobs"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        update_stats = self._update(prompts, rollouts, advantages, old_logprobs, ref_logprobs, features)
+        timings["update"] = time.perf_counter() - tic
+
+        gen_tokens = rollouts.completion_mask.sum().item()
+        stats = reward_statistics(total, per_reward, hp.group_size)
+        stats.update(update_stats)
+        stats.update(
+            {
+                "advantage/mean": advantages.mean().item(),
+                "advantage/std": advantages.std().item(),
+                "advantage/abs_max": advantages.abs().max().item(),
+                "completion/length": rollouts.lengths.float().mean().item(),
+                "completion/truncated_frac": rollouts.truncated.float().mean().item(),
+                "throughput/generation_tokens_per_s": gen_tokens / max(timings["generation"], 1e-9),
+                "throughput/update_tokens_per_s": gen_tokens * hp.num_iterations / max(timings["update"], 1e-9),
+                **{f"time/{k}": v for k, v in timings.items()},
+            }
+        )
+        for reward in self.rewards:
+            for key, value in reward.details.items():
+                stats[f"reward/{reward.name}_{key}"] = value.float().mean().item()
+        self._log_train(stats)
+        self.last_rollout = (prompts, rollouts, total, per_reward)
+
+    def _log_train(self, stats: dict[str, float]) -> None:
+        bar = {"reward/mean", "kl", "reward/mask_iou_iou"}
+        for key, value in stats.items():
+            self.log(f"train/{key}", value, on_step=True, prog_bar=key in bar, batch_size=1)
+
+    def _mini_batch_size(self, n: int | None) -> int:
+        mb = self.hparams.mini_batch_size
+        if mb is None:
+            return n if n is not None else self.hparams.group_size
+        return mb if n is None else min(mb, n)
+
+    def _needs_old_logprobs(self, n: int) -> bool:
+        # With one pass and one mini-batch the policy has not moved: old == current, detached.
+        return self.hparams.num_iterations > 1 or self._mini_batch_size(n) < n
+
+    def _logprob_temperature(self) -> float:
+        return self.hparams.temperature if self.hparams.temperature > 0 else 1.0
+
+    def _update(self, prompts, rollouts, advantages, old_logprobs, ref_logprobs, features) -> dict[str, float]:
+        hp = self.hparams
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        n = len(rollouts)
+        mask = rollouts.completion_mask.to(torch.float32)
+        mb_size = self._mini_batch_size(n)
+        sums: dict[str, float] = {}
+        token_count = 0.0
+        grad_norms = []
+        for _ in range(hp.num_iterations):
+            for start in range(0, n, mb_size):
+                rows = torch.arange(start, min(start + mb_size, n), device=self.device)
+                optimizer.zero_grad()
+                normaliser = _normaliser(mask[rows], hp.aggregation)
+                for micro in rows.split(hp.micro_batch_size):
+                    loss, metrics, tokens = self._micro_loss(
+                        prompts, rollouts, micro, advantages, old_logprobs, ref_logprobs, features
+                    )
+                    weight = _micro_weight(mask[micro], hp.aggregation) / normaliser
+                    self.manual_backward(loss * weight)
+                    for key, value in metrics.items():
+                        sums[key] = sums.get(key, 0.0) + value * tokens
+                    token_count += tokens
+                grad_norms.append(self._clip_and_norm())
+                optimizer.step()
+                scheduler.step()
+        stats = {key: value / max(token_count, 1.0) for key, value in sums.items()}
+        stats["grad_norm"] = float(sum(grad_norms) / max(len(grad_norms), 1))
+        stats["lr"] = scheduler.get_last_lr()[0]
+        if "kl" in stats:
+            stats["kl"] = stats.pop("kl")
+        return stats
+
+    def _micro_loss(self, prompts, rollouts, micro, advantages, old_logprobs, ref_logprobs, features):
+        hp = self.hparams
+        mask = rollouts.completion_mask[micro]
+        length = max(int(mask.sum(dim=1).max().item()), 1)  # compute only up to the longest completion
+        ids = rollouts.completion_ids[micro, :length]
+        mask_t = mask[:, :length]
+        logp, entropy = completion_logprobs(
+            self.policy, prompts, ids, rollouts.prompt_index[micro],
+            temperature=self._logprob_temperature(), features=features,
+        )
+        old = old_logprobs[micro, :length] if old_logprobs is not None else logp.detach()
+        ref = ref_logprobs[micro, :length] if ref_logprobs is not None else None
+        full_t = rollouts.completion_ids.shape[1]
+        # "fixed" aggregation divides by N * T of the rollout batch, so pad back to its length.
+        pad = (0, full_t - length)
+        logp, old, mask_p = (torch.nn.functional.pad(x, pad) for x in (logp, old, mask_t))
+        ref = torch.nn.functional.pad(ref, pad) if ref is not None else None
+        loss, metrics = policy_loss(
+            logp, old, advantages[micro], mask_p,
+            ref_logprobs=ref, clip_low=hp.clip_low, clip_high=hp.clip_high, kl_coef=hp.kl_coef,
+            aggregation=hp.aggregation,
+        )
+        ent = aggregate(torch.nn.functional.pad(entropy, pad), mask_p, hp.aggregation)
+        if hp.entropy_coef:
+            loss = loss - hp.entropy_coef * ent
+        tokens = float(mask_t.sum().item())
+        values = {k: v.item() for k, v in metrics.items()}
+        values["entropy"] = aggregate(entropy.detach(), mask_t, "token").item()
+        values["loss"] = loss.item()
+        return loss, values, tokens
+
+    def _clip_and_norm(self) -> float:
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        if not params:
+            return 0.0
+        max_norm = self.hparams.grad_clip if self.hparams.grad_clip else float("inf")
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    # ---------------------------------------------------------------- evaluation
+    def _greedy(self, batch: list[SegSample]) -> tuple[PromptBatch, Rollouts]:
+        prompts = self.prompts(batch)
+        max_new = self.hparams.eval_max_new_tokens or self.hparams.max_new_tokens
+        # Greedy decoding: one completion per prompt (group_size 1, temperature 0).
+        return prompts, self.rollout(prompts, group_size=1, temperature=0.0, max_new_tokens=max_new)
+
+    def validation_step(self, batch: list[SegSample], batch_idx: int) -> None:
+        prompts, rollouts = self._greedy(batch)
+        self.evaluator.update(rollouts.texts, prompts.samples, self.segmenter, self.rewards)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def test_step(self, batch: list[SegSample], batch_idx: int) -> None:
+        prompts, rollouts = self._greedy(batch)
+        self.evaluator.update(rollouts.texts, prompts.samples, self.segmenter)
+
+    def on_test_epoch_end(self) -> None:
+        records = self.evaluator.gather_records()
+        results = self._log_eval("test")
+        if self.trainer.is_global_zero:
+            if self.hparams.predictions_path:
+                path = self.evaluator.write_predictions(self.hparams.predictions_path, records)
+                print(f"wrote {len(records)} per-sample predictions to {path}")
+            print(summary_table(results, len(records)))
+
+    def predict_step(self, batch: list[SegSample], batch_idx: int) -> list[SampleResult]:
+        prompts, rollouts = self._greedy(batch)
+        return [
+            evaluate_sample(text, sample, self.segmenter, self.hparams.eval_multi_object)
+            for text, sample in zip(rollouts.texts, prompts.samples)
+        ]
+
+    def _log_eval(self, prefix: str) -> dict[str, float]:
+        results = self.evaluator.compute()  # already exact across processes
+        for key, value in results.items():
+            self.log(f"{prefix}/{key}", value, prog_bar=key in ("giou", "ciou"), rank_zero_only=True)
+        self.evaluator.reset()
+        return results
+
+
+def summary_table(results: dict[str, float], n: int) -> str:
+    """A plain-text table of the evaluation results (fractions shown as percentages)."""
+    lines = [f"{'metric':<28}{'value':>10}", "-" * 38, f"{'samples':<28}{n:>10d}"]
+    for key, value in results.items():
+        shown = f"{value:10.0f}" if key.endswith("/count") else f"{100 * value:9.2f}%"
+        if key.startswith("reward/"):
+            shown = f"{value:10.4f}"
+        lines.append(f"{key:<28}{shown}")
+    return "\n".join(lines)
+
+
+def _normaliser(mask: torch.Tensor, aggregation: str) -> float:
+    """What the whole mini-batch's loss is divided by, in the units `_micro_weight` uses."""
+    return float(mask.sum().clamp(min=1.0)) if aggregation == "token" else float(mask.shape[0])
+
+
+def _micro_weight(mask: torch.Tensor, aggregation: str) -> float:
+    """A micro-batch's loss is normalised over itself; weight it by its share of the mini-batch."""
+    return float(mask.sum().clamp(min=1.0)) if aggregation == "token" else float(mask.shape[0])
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Learning-rate multiplier: linear warm-up, then constant, cosine or linear decay to 0 at `total`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return 1.0 - progress
+    raise ValueError(f"unknown lr_schedule {schedule!r}")
+
+
+def _default_rewards() -> list[Reward]:
+    from samr1.rewards import BoxIoUReward, ThinkFormatReward
+
+    return [ThinkFormatReward(), BoxIoUReward()]

@@ -1,0 +1,33 @@
+"""The reference policy for the KL term: a frozen copy of the initial policy.
+
+The policy module holds it outside its registered children, so it is neither checkpointed nor wrapped by DDP;
+it is reloaded from `model_path` instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from samr1.modules.loading import load_policy
+from samr1.modules.logprobs import completion_logprobs
+from samr1.modules.prompting import PromptBatch
+
+
+class ReferenceModel(nn.Module):
+    """Frozen copy of the policy's initial weights; loaded only when the KL coefficient is positive."""
+
+    def __init__(self, model_path: str, dtype: str = "float32", attn_implementation: str = "sdpa") -> None:
+        super().__init__()
+        self.model = load_policy(model_path, dtype, attn_implementation)
+        self.model.requires_grad_(False)
+        self.model.eval()
+
+    def train(self, mode: bool = True) -> ReferenceModel:
+        return super().train(False)  # always in eval mode
+
+    @torch.no_grad()
+    def logprobs(self, batch: PromptBatch, completion_ids, prompt_index, temperature: float = 1.0) -> torch.Tensor:
+        logp, _ = completion_logprobs(self.model, batch, completion_ids, prompt_index, temperature=temperature)
+        return logp
+

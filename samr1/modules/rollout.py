@@ -1,0 +1,107 @@
+"""Sampling G completions per prompt from one prefill: the prompt's KV cache is shared by its group."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from samr1.modules.forward import feed, model_parts, prefill
+from samr1.modules.prompting import PromptBatch
+
+
+@dataclass
+class Rollouts:
+    """Completions of a prompt batch, in consecutive groups of `group_size` per prompt."""
+
+    completion_ids: torch.Tensor  # [N, T], pad after the end
+    completion_mask: torch.Tensor  # [N, T], 1 on completion tokens up to and including EOS
+    texts: list[str]
+    prompt_index: torch.Tensor  # [N]: which prompt of the batch each completion answers
+    truncated: torch.Tensor  # [N] bool: hit max_new_tokens without EOS
+    group_size: int
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(dim=1)
+
+    def select(self, rows: torch.Tensor) -> Rollouts:
+        rows = rows.to(self.completion_ids.device)
+        return dataclasses.replace(
+            self,
+            completion_ids=self.completion_ids[rows],
+            completion_mask=self.completion_mask[rows],
+            texts=[self.texts[i] for i in rows.tolist()],
+            prompt_index=self.prompt_index[rows],
+            truncated=self.truncated[rows],
+        )
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator=None) -> torch.Tensor:
+    """One token per row: greedy when temperature == 0, else nucleus sampling at `temperature`."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the first token is always kept).
+        drop = sorted_p.cumsum(dim=-1) - sorted_p >= top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate_rollouts(
+    model,
+    batch: PromptBatch,
+    tokenizer,
+    *,
+    group_size: int,
+    max_new_tokens: int,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+    banned_token_ids: list[int] | torch.Tensor = (),
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Rollouts:
+    """Prefill each prompt once, copy its cache to its `group_size` continuations, and decode them together.
+
+    `banned_token_ids` (vision special tokens, ids past the tokenizer) can never be sampled. Decoding stops
+    when every sequence has produced an EOS or after `max_new_tokens`.
+    """
+    _, _, lm_head = model_parts(model)
+    device = batch.input_ids.device
+    state = prefill(model, batch)
+    rows = torch.arange(len(batch), device=device).repeat_interleave(group_size)
+    state = state.select(rows)
+    n = rows.numel()
+    banned = torch.as_tensor(list(banned_token_ids), dtype=torch.long, device=device)
+    eos = torch.as_tensor(eos_token_ids, dtype=torch.long, device=device)
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
+    tokens: list[torch.Tensor] = []
+    hidden = state.last_hidden
+    for step in range(max_new_tokens):
+        logits = lm_head(hidden).float()
+        if banned.numel():
+            logits[:, banned] = float("-inf")
+        nxt = sample_next(logits, temperature, top_p, generator)
+        nxt = torch.where(finished, torch.full_like(nxt, pad_token_id), nxt)
+        tokens.append(nxt)
+        finished |= torch.isin(nxt, eos)
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        hidden = feed(model, state, nxt.unsqueeze(1))[:, -1]
+    ids = torch.stack(tokens, dim=1)
+    is_eos = torch.isin(ids, eos)
+    # Completion tokens: everything up to and including the first EOS.
+    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+    mask = (~after_eos).long()
+    truncated = ~is_eos.any(dim=1)
+    texts = tokenizer.batch_decode(ids.masked_fill(after_eos | is_eos, pad_token_id), skip_special_tokens=True)
+    return Rollouts(ids, mask, texts, rows, truncated, group_size)

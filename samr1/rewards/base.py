@@ -1,0 +1,68 @@
+"""The reward interface: a configurable callable from (completions, samples) to one score per completion.
+
+Rewards are configured by `class_path` in YAML, e.g.
+
+    rewards:
+      - class_path: samr1.rewards.ThinkFormatReward
+        init_args: {weight: 1.0}
+
+`samples[i]` is the sample that `completions[i]` answers (each sample repeated G times in training). A reward
+never raises on model output: an answer it cannot use scores `min_value`.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from samr1.sample import SegSample
+
+
+@dataclass
+class RewardContext:
+    """Resources the trainer shares with every reward once per process (one SAM for rewards and evaluation)."""
+
+    segmenter: Any | None = None  # samr1.sam.SamPromptSegmenter-like: predict(image, boxes, points, ...)
+    device: torch.device | str = "cpu"
+
+
+class Reward(ABC):
+    """Base class of reward plugins. Subclasses implement `score`; `__call__` validates its output."""
+
+    min_value: float = 0.0
+    max_value: float = 1.0
+
+    def __init__(self, weight: float = 1.0, name: str | None = None) -> None:
+        self.weight = float(weight)
+        self.name = name or _snake(type(self).__name__.removesuffix("Reward"))
+        # Extra per-completion values a reward wants logged or shown (e.g. raw mask IoU); replaced on each call.
+        self.details: dict[str, torch.Tensor] = {}
+
+    def setup(self, context: RewardContext) -> None:
+        """Receive shared resources before the first call; rewards that need none ignore it."""
+
+    @abstractmethod
+    def score(self, completions: list[str], samples: list[SegSample]) -> torch.Tensor:
+        """One float per completion."""
+
+    def __call__(self, completions: list[str], samples: list[SegSample]) -> torch.Tensor:
+        if len(completions) != len(samples):
+            raise ValueError(
+                f"{self.name}: {len(completions)} completions but {len(samples)} samples; pass the sample of each"
+            )
+        self.details = {}
+        scores = torch.as_tensor(self.score(completions, samples), dtype=torch.float32).reshape(-1)
+        if scores.numel() != len(completions):
+            raise RuntimeError(f"{self.name} returned {scores.numel()} scores for {len(completions)} completions")
+        return torch.nan_to_num(scores, nan=self.min_value, posinf=self.max_value, neginf=self.min_value)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, weight={self.weight})"
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() or "reward"
