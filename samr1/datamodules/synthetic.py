@@ -45,7 +45,9 @@ def _polygon(kind: str, cx: float, cy: float, r: float) -> list[tuple[float, flo
     if kind == "square":
         return [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
     if kind == "triangle":
-        return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+        return [
+            (cx + r * math.cos(a), cy + r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)
+        ]
     return None
 
 
@@ -57,7 +59,9 @@ def draw_shape(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: fl
         draw.polygon(poly, fill=fill)
 
 
-def make_shapes_sample(index: int, split: str, seed: int, image_size: int, min_shapes: int, max_shapes: int) -> SegSample:
+def make_shapes_sample(
+    index: int, split: str, seed: int, image_size: int, min_shapes: int, max_shapes: int
+) -> SegSample:
     """The `index`-th sample of `split`: the same inputs always give the same image, mask and query."""
     rng = random.Random(f"{seed}/{SPLITS[split]}/{index}")
     n = rng.randint(min_shapes, max_shapes)
@@ -100,7 +104,12 @@ class SyntheticShapesDataset(Dataset):
     """`length` seeded shape samples of `split`; sample i is generated on access, identically every time."""
 
     def __init__(
-        self, split: str = "train", length: int = 64, seed: int = 0, image_size: int = 112, min_shapes: int = 2,
+        self,
+        split: str = "train",
+        length: int = 64,
+        seed: int = 0,
+        image_size: int = 112,
+        min_shapes: int = 2,
         max_shapes: int = 4,
     ) -> None:
         if split not in SPLITS:
@@ -116,7 +125,9 @@ class SyntheticShapesDataset(Dataset):
     def __getitem__(self, index: int) -> SegSample:
         if not 0 <= index < self.length:
             raise IndexError(index)
-        return make_shapes_sample(index, self.split, self.seed, self.image_size, self.min_shapes, self.max_shapes)
+        return make_shapes_sample(
+            index, self.split, self.seed, self.image_size, self.min_shapes, self.max_shapes
+        )
 
 
 class SyntheticShapesDataModule(SegDataModule):

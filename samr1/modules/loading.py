@@ -16,10 +16,14 @@ def check_model_path(model_path: str) -> None:
     path = Path(model_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model_path {model_path!r} is a directory without config.json: {path / 'config.json'}")
+            raise FileNotFoundError(
+                f"model_path {model_path!r} is a directory without config.json: {path / 'config.json'}"
+            )
         return
     if path.exists():
-        raise FileNotFoundError(f"model_path {model_path!r} is a file; point it at a Hugging Face model directory")
+        raise FileNotFoundError(
+            f"model_path {model_path!r} is a file; point it at a Hugging Face model directory"
+        )
     if not _HUB_ID.match(model_path):
         raise FileNotFoundError(f"model_path not found: {path}")
     from huggingface_hub import try_to_load_from_cache
@@ -62,7 +66,14 @@ def special_token_ids(tokenizer, model_vocab_size: int) -> tuple[list[int], list
     eos = [vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
         eos.append(tokenizer.eos_token_id)
-    never = ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|im_start|>"]
+    never = [
+        "<|image_pad|>",
+        "<|video_pad|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|vision_pad|>",
+        "<|im_start|>",
+    ]
     banned = [vocab[t] for t in never if t in vocab]
     banned += list(range(len(tokenizer), model_vocab_size))
     return eos, banned

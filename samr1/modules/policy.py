@@ -87,8 +87,14 @@ class GRPOModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if group_size < 2:
-            raise ValueError(f"group_size (G) must be at least 2 for group-relative advantages, got {group_size}")
-        if num_iterations < 1 or micro_batch_size < 1 or (mini_batch_size is not None and mini_batch_size < 1):
+            raise ValueError(
+                f"group_size (G) must be at least 2 for group-relative advantages, got {group_size}"
+            )
+        if (
+            num_iterations < 1
+            or micro_batch_size < 1
+            or (mini_batch_size is not None and mini_batch_size < 1)
+        ):
             raise ValueError("num_iterations, micro_batch_size and mini_batch_size must be positive")
         check_model_path(model_path)
         if sam_checkpoint is not None:
@@ -173,16 +179,23 @@ class GRPOModule(L.LightningModule):
     def _total_optimizer_steps(self) -> int:
         if self.trainer.max_steps and self.trainer.max_steps > 0:
             return self.trainer.max_steps
-        per_batch = self.hparams.num_iterations * math.ceil(
-            self.trainer.datamodule.batch_size * self.hparams.group_size / self._mini_batch_size(None)
-        ) if self.trainer.datamodule is not None else 1
+        per_batch = (
+            self.hparams.num_iterations
+            * math.ceil(
+                self.trainer.datamodule.batch_size * self.hparams.group_size / self._mini_batch_size(None)
+            )
+            if self.trainer.datamodule is not None
+            else 1
+        )
         return max(1, int(self.trainer.estimated_stepping_batches) * per_batch)
 
     # ---------------------------------------------------------------- training
     def prompts(self, samples: list[SegSample]) -> PromptBatch:
         return self.prompt_builder(samples).to(self.device)
 
-    def rollout(self, batch: PromptBatch, group_size: int, temperature: float, max_new_tokens: int) -> Rollouts:
+    def rollout(
+        self, batch: PromptBatch, group_size: int, temperature: float, max_new_tokens: int
+    ) -> Rollouts:
         return generate_rollouts(
             self.policy,
             batch,
@@ -220,8 +233,12 @@ class GRPOModule(L.LightningModule):
         if self._needs_old_logprobs(len(rollouts)):
             with torch.no_grad():
                 old_logprobs, _ = completion_logprobs(
-                    self.policy, prompts, rollouts.completion_ids, rollouts.prompt_index,
-                    temperature=self._logprob_temperature(), features=features,
+                    self.policy,
+                    prompts,
+                    rollouts.completion_ids,
+                    rollouts.prompt_index,
+                    temperature=self._logprob_temperature(),
+                    features=features,
                 )
         if "reference" in self._frozen:
             ref_logprobs = self._frozen["reference"].logprobs(
@@ -244,7 +261,9 @@ class GRPOModule(L.LightningModule):
                 "completion/length": rollouts.lengths.float().mean().item(),
                 "completion/truncated_frac": rollouts.truncated.float().mean().item(),
                 "throughput/generation_tokens_per_s": gen_tokens / max(timings["generation"], 1e-9),
-                "throughput/update_tokens_per_s": gen_tokens * hp.num_iterations / max(timings["update"], 1e-9),
+                "throughput/update_tokens_per_s": gen_tokens
+                * hp.num_iterations
+                / max(timings["update"], 1e-9),
                 **{f"time/{k}": v for k, v in timings.items()},
             }
         )
@@ -272,7 +291,9 @@ class GRPOModule(L.LightningModule):
     def _logprob_temperature(self) -> float:
         return self.hparams.temperature if self.hparams.temperature > 0 else 1.0
 
-    def _update(self, prompts, rollouts, advantages, old_logprobs, ref_logprobs, features) -> dict[str, float]:
+    def _update(
+        self, prompts, rollouts, advantages, old_logprobs, ref_logprobs, features
+    ) -> dict[str, float]:
         hp = self.hparams
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
@@ -313,8 +334,12 @@ class GRPOModule(L.LightningModule):
         ids = rollouts.completion_ids[micro, :length]
         mask_t = mask[:, :length]
         logp, entropy = completion_logprobs(
-            self.policy, prompts, ids, rollouts.prompt_index[micro],
-            temperature=self._logprob_temperature(), features=features,
+            self.policy,
+            prompts,
+            ids,
+            rollouts.prompt_index[micro],
+            temperature=self._logprob_temperature(),
+            features=features,
         )
         old = old_logprobs[micro, :length] if old_logprobs is not None else logp.detach()
         ref = ref_logprobs[micro, :length] if ref_logprobs is not None else None
@@ -324,8 +349,14 @@ class GRPOModule(L.LightningModule):
         logp, old, mask_p = (torch.nn.functional.pad(x, pad) for x in (logp, old, mask_t))
         ref = torch.nn.functional.pad(ref, pad) if ref is not None else None
         loss, metrics = policy_loss(
-            logp, old, advantages[micro], mask_p,
-            ref_logprobs=ref, clip_low=hp.clip_low, clip_high=hp.clip_high, kl_coef=hp.kl_coef,
+            logp,
+            old,
+            advantages[micro],
+            mask_p,
+            ref_logprobs=ref,
+            clip_low=hp.clip_low,
+            clip_high=hp.clip_high,
+            kl_coef=hp.kl_coef,
             aggregation=hp.aggregation,
         )
         ent = aggregate(torch.nn.functional.pad(entropy, pad), mask_p, hp.aggregation)

@@ -13,11 +13,11 @@ from samr1.sample import CoordTransform, SegSample
 
 # The instruction follows Seg-Zero's task statement (which SAM-R1 reuses): reason, then one box and two points.
 DEFAULT_PROMPT = (
-    "Please find \"{query}\" with bbox and points. Compare the difference between objects and find the most "
+    'Please find "{query}" with bbox and points. Compare the difference between objects and find the most '
     "closely matched one. Output the thinking process in <think> </think> and final answer in <answer> "
     "</answer> tags. Output the one bbox and points of two largest inscribed circles inside the interested "
     "object in JSON format. i.e., <think> thinking process here </think>"
-    "<answer>{{\"bbox\": [10, 100, 200, 210], \"points_1\": [30, 110], \"points_2\": [35, 180]}}</answer>"
+    '<answer>{{"bbox": [10, 100, 200, 210], "points_1": [30, 110], "points_2": [35, 180]}}</answer>'
 )
 
 PATCH_FACTOR = 28  # Qwen2.5-VL: 14 px patches merged 2 x 2 -> one token per 28 x 28 pixels
@@ -59,7 +59,9 @@ def model_image_size(
     if image_size is not None:
         w, h = image_size
         if w % PATCH_FACTOR or h % PATCH_FACTOR:
-            raise ValueError(f"image_size {image_size} must be multiples of {PATCH_FACTOR} (Qwen2.5-VL patches)")
+            raise ValueError(
+                f"image_size {image_size} must be multiples of {PATCH_FACTOR} (Qwen2.5-VL patches)"
+            )
         return w, h
     f = PATCH_FACTOR
     h_bar, w_bar = max(f, round(height / f) * f), max(f, round(width / f) * f)
@@ -126,7 +128,9 @@ class PromptBuilder:
                     self.messages(sample, len(resized)), tokenize=False, add_generation_prompt=True
                 )
             )
-        enc = self.processor(text=texts, images=images, padding=True, padding_side="left", return_tensors="pt")
+        enc = self.processor(
+            text=texts, images=images, padding=True, padding_side="left", return_tensors="pt"
+        )
         grid = enc["image_grid_thw"]
         for im, (_, gh, gw) in zip(images, grid.tolist()):
             if (gw * 14, gh * 14) != im.size:

@@ -27,7 +27,10 @@ class ReferenceModel(nn.Module):
         return super().train(False)  # always in eval mode
 
     @torch.no_grad()
-    def logprobs(self, batch: PromptBatch, completion_ids, prompt_index, temperature: float = 1.0) -> torch.Tensor:
-        logp, _ = completion_logprobs(self.model, batch, completion_ids, prompt_index, temperature=temperature)
+    def logprobs(
+        self, batch: PromptBatch, completion_ids, prompt_index, temperature: float = 1.0
+    ) -> torch.Tensor:
+        logp, _ = completion_logprobs(
+            self.model, batch, completion_ids, prompt_index, temperature=temperature
+        )
         return logp
-

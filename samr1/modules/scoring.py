@@ -21,7 +21,9 @@ def score_completions(
     return total, per_reward
 
 
-def reward_statistics(total: torch.Tensor, per_reward: dict[str, torch.Tensor], group_size: int) -> dict[str, float]:
+def reward_statistics(
+    total: torch.Tensor, per_reward: dict[str, torch.Tensor], group_size: int
+) -> dict[str, float]:
     """Mean/std of the total and of each reward, and the share of groups that carry no signal."""
     groups = total.view(-1, group_size)
     stats = {

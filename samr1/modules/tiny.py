@@ -48,7 +48,9 @@ _CORPUS_WORDS = (
 
 TINY_SIZES: dict[str, dict] = {
     # ~0.2M parameters: unit tests and the demo on 2 CPU cores.
-    "tiny": dict(hidden=64, layers=2, heads=4, kv_heads=2, inter=128, v_hidden=32, v_depth=2, v_heads=2, vocab=1024),
+    "tiny": dict(
+        hidden=64, layers=2, heads=4, kv_heads=2, inter=128, v_hidden=32, v_depth=2, v_heads=2, vocab=1024
+    ),
     # ~10M parameters: the throughput benchmark's policy.
     "small": dict(
         hidden=384, layers=6, heads=6, kv_heads=2, inter=1024, v_hidden=128, v_depth=4, v_heads=4, vocab=2048
@@ -197,6 +199,12 @@ def write_tiny_checkpoints(out_dir: str | Path, size: str = "tiny", seed: int = 
     out = Path(out_dir)
     qwen = build_tiny_qwen(out / "qwen2_5_vl", size=size, seed=seed)
     sam = build_tiny_sam(out / "sam_vit_tiny.pth", seed=seed)
-    manifest = {"policy": str(qwen), "sam_checkpoint": str(sam), "sam_model_type": "vit_tiny", "size": size, "seed": seed}
+    manifest = {
+        "policy": str(qwen),
+        "sam_checkpoint": str(sam),
+        "sam_model_type": "vit_tiny",
+        "size": size,
+        "seed": seed,
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

@@ -57,7 +57,9 @@ class Reward(ABC):
         self.details = {}
         scores = torch.as_tensor(self.score(completions, samples), dtype=torch.float32).reshape(-1)
         if scores.numel() != len(completions):
-            raise RuntimeError(f"{self.name} returned {scores.numel()} scores for {len(completions)} completions")
+            raise RuntimeError(
+                f"{self.name} returned {scores.numel()} scores for {len(completions)} completions"
+            )
         return torch.nan_to_num(scores, nan=self.min_value, posinf=self.max_value, neginf=self.min_value)
 
     def __repr__(self) -> str:

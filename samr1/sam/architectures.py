@@ -53,7 +53,10 @@ def _sam(
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(
-                depth=decoder_depth, embedding_dim=prompt_embed_dim, mlp_dim=decoder_mlp_dim, num_heads=decoder_heads
+                depth=decoder_depth,
+                embedding_dim=prompt_embed_dim,
+                mlp_dim=decoder_mlp_dim,
+                num_heads=decoder_heads,
             ),
             transformer_dim=prompt_embed_dim,
             iou_head_depth=3,
@@ -66,13 +69,25 @@ def _sam(
 
 SAM_ARCHITECTURES = {
     "vit_h": partial(
-        _sam, encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=(7, 15, 23, 31)
+        _sam,
+        encoder_embed_dim=1280,
+        encoder_depth=32,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(7, 15, 23, 31),
     ),
     "vit_l": partial(
-        _sam, encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=(5, 11, 17, 23)
+        _sam,
+        encoder_embed_dim=1024,
+        encoder_depth=24,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(5, 11, 17, 23),
     ),
     "vit_b": partial(
-        _sam, encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, encoder_global_attn_indexes=(2, 5, 8, 11)
+        _sam,
+        encoder_embed_dim=768,
+        encoder_depth=12,
+        encoder_num_heads=12,
+        encoder_global_attn_indexes=(2, 5, 8, 11),
     ),
     # Offline tiny SAM: same modules, small widths. About 0.2M parameters; encodes a 256 px image in milliseconds.
     "vit_tiny": partial(

@@ -1,0 +1,102 @@
+"""group_advantages and policy_loss against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from samr1.modules.grpo import group_advantages, k3_kl, policy_loss
+
+REWARDS = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+
+
+def test_group_scale():
+    # Group 1: mean 0.5, unbiased std sqrt(1/3); group 2 is flat and gets exactly 0.
+    a = 0.5 / (math.sqrt(1 / 3) + 1e-6)
+    expected = torch.tensor([a, -a, -a, a, 0.0, 0.0, 0.0, 0.0])
+    torch.testing.assert_close(group_advantages(REWARDS, 4, "group"), expected)
+
+
+def test_batch_scale():
+    # Unbiased std of all 8 rewards: sqrt(5.5 / 7).
+    a = 0.5 / (math.sqrt(5.5 / 7) + 1e-6)
+    expected = torch.tensor([a, -a, -a, a, 0.0, 0.0, 0.0, 0.0])
+    torch.testing.assert_close(group_advantages(REWARDS, 4, "batch"), expected)
+
+
+def test_no_scale():
+    expected = torch.tensor([0.5, -0.5, -0.5, 0.5, 0.0, 0.0, 0.0, 0.0])
+    torch.testing.assert_close(group_advantages(REWARDS, 4, "none"), expected)
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_flat_groups_are_zero_never_nan(scale):
+    adv = group_advantages(torch.full((8,), 0.3), 4, scale)
+    assert torch.equal(adv, torch.zeros(8))
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="groups of 3"):
+        group_advantages(REWARDS, 3)
+    with pytest.raises(ValueError, match="at least 2"):
+        group_advantages(REWARDS, 1)
+    with pytest.raises(ValueError, match="unknown advantage scale"):
+        group_advantages(REWARDS, 4, "rank")
+
+
+LOGP = torch.tensor([[-1.0, -0.5, -2.0], [-0.2, -0.3, -0.4]])
+OLD = torch.tensor([[-1.0, -0.9, -1.0], [-0.2, 0.0, -0.4]])
+ADV = torch.tensor([1.0, -2.0])
+MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
+# Per token, clip range [0.8, 1.3]:
+#   row 0 (A = 1):  ratio 1 -> -1;  ratio e^0.4 = 1.4918 clipped to 1.3 -> -1.3;  ratio e^-1 -> -e^-1
+#   row 1 (A = -2): ratio 1 -> 2;   ratio e^-0.3 = 0.7408 clipped to 0.8 -> 1.6;  (masked)
+ROW0 = [-1.0, -1.3, -math.exp(-1.0)]
+ROW1 = [2.0, 1.6]
+
+
+@pytest.mark.parametrize(
+    "aggregation, expected",
+    [
+        ("token", (sum(ROW0) + sum(ROW1)) / 5),
+        ("sequence", (sum(ROW0) / 3 + sum(ROW1) / 2) / 2),
+        ("fixed", (sum(ROW0) + sum(ROW1)) / 6),
+    ],
+)
+def test_policy_loss_aggregations(aggregation, expected):
+    loss, metrics = policy_loss(LOGP, OLD, ADV, MASK, clip_low=0.2, clip_high=0.3, aggregation=aggregation)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert metrics["clip_frac_high"].item() == pytest.approx(1 / 5)
+    assert metrics["clip_frac_low"].item() == pytest.approx(1 / 5)
+
+
+def test_policy_loss_with_k3_kl():
+    ref = LOGP.clone()
+    ref[0, 0] = -1.1  # delta -0.1 on one counted token
+    ref[1, 2] = -0.5  # on a masked token: must not count
+    k3 = math.exp(-0.1) + 0.1 - 1
+    loss, metrics = policy_loss(LOGP, OLD, ADV, MASK, ref_logprobs=ref, kl_coef=0.1)
+    assert loss.item() == pytest.approx((sum(ROW0) + sum(ROW1) + 0.1 * k3) / 5, abs=1e-6)
+    assert metrics["kl"].item() == pytest.approx(k3 / 5, abs=1e-7)
+
+
+def test_k3_is_zero_at_equality_and_positive_elsewhere():
+    x = torch.tensor([-1.0, -0.5])
+    assert torch.equal(k3_kl(x, x), torch.zeros(2))
+    assert (k3_kl(x, x + 0.3) > 0).all()
+
+
+def test_kl_without_reference_is_an_error():
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        policy_loss(LOGP, OLD, ADV, MASK, kl_coef=0.1)
+
+
+def test_gradient_flows_only_through_unclipped_masked_tokens():
+    logp = LOGP.clone().requires_grad_(True)
+    loss, _ = policy_loss(logp, OLD, ADV, MASK, aggregation="token")
+    loss.backward()
+    # Clipped tokens (0,1) and (1,1) and the masked token (1,2) get no gradient; d(-ratio*A)/dlogp = -ratio*A/5.
+    expected = torch.tensor([[-1.0 / 5, 0.0, -math.exp(-1.0) / 5], [2.0 / 5, 0.0, 0.0]])
+    torch.testing.assert_close(logp.grad, expected)
