@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
-import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from samr1.datamodules.sampling import EvalSampler, ResumableSampler
 from samr1.sample import SegSample
 
 log = logging.getLogger(__name__)
@@ -98,16 +98,33 @@ class SegDataModule(L.LightningDataModule):
     def _loader(self, split: str | None, batch_size: int, shuffle: bool) -> DataLoader | list:
         if split is None:
             return []
-        generator = torch.Generator().manual_seed(self.seed)
+        dataset = self.dataset(split)
+        if shuffle:
+            sampler = ResumableSampler(dataset, seed=self.seed)
+            consumed = self._consumed_batches()
+            if consumed < -(-len(sampler) // batch_size):  # a checkpoint at an epoch's end starts a new one
+                sampler.skip(consumed * batch_size)
+        else:
+            sampler = EvalSampler(dataset)
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate_samples,
-            generator=generator if shuffle else None,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _consumed_batches(self) -> int:
+        """Training batches a resumed run already trained on in its current epoch (0 on a fresh start).
+
+        Read from the restored loop progress before the loop resets it: `processed` counts a batch whose
+        end-of-batch checkpoint was written, which Lightning then marks completed and does not repeat.
+        """
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def train_dataloader(self):
         return self._loader(self.train_split, self.batch_size, shuffle=True)

@@ -164,7 +164,7 @@ class Evaluator(nn.Module):
             out["box_accuracy"] = float(self.box_accuracy.compute())
         out["parse_failure_rate"] = float(self.parse_failures.compute())
         for name, metric in self.reward_means.items():
-            if metric.update_called:  # rewards are scored at validation only (SAM twice is wasted at test)
+            if metric.update_called:
                 out[f"reward/{name}"] = float(metric.compute())
         return out
 

@@ -6,6 +6,7 @@ scoring in `scoring.py` and evaluation in `evaluation.py`.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Literal
@@ -115,6 +116,7 @@ class GRPOModule(L.LightningModule):
         self._frozen: dict[str, ReferenceModel] = {}  # kept out of state_dict and DDP on purpose
         self.evaluator = Evaluator([r.name for r in self.rewards], tuple(eval_groups), eval_multi_object)
         self.generator: torch.Generator | None = None
+        self._restored_generator_state: torch.Tensor | None = None
 
     # ---------------------------------------------------------------- set-up
     def configure_model(self) -> None:
@@ -159,6 +161,16 @@ class GRPOModule(L.LightningModule):
             module.to(self.device)
         # One seed per process, so sampling is reproducible and differs across ranks.
         self.generator = torch.Generator(device=self.device).manual_seed(self.hparams.seed + self.global_rank)
+        if self._restored_generator_state is not None:  # a resumed run continues the same random stream
+            self.generator.set_state(self._restored_generator_state.to(self.generator.get_state().device))
+            self._restored_generator_state = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.generator is not None:
+            checkpoint["samr1_sampling_rng"] = self.generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._restored_generator_state = checkpoint.get("samr1_sampling_rng")
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -391,7 +403,7 @@ class GRPOModule(L.LightningModule):
 
     def test_step(self, batch: list[SegSample], batch_idx: int) -> None:
         prompts, rollouts = self._greedy(batch)
-        self.evaluator.update(rollouts.texts, prompts.samples, self.segmenter)
+        self.evaluator.update(rollouts.texts, prompts.samples, self.segmenter, self.rewards)
 
     def on_test_epoch_end(self) -> None:
         records = self.evaluator.gather_records()
@@ -399,7 +411,11 @@ class GRPOModule(L.LightningModule):
         if self.trainer.is_global_zero:
             if self.hparams.predictions_path:
                 path = self.evaluator.write_predictions(self.hparams.predictions_path, records)
-                print(f"wrote {len(records)} per-sample predictions to {path}")
+                metrics_path = path.with_suffix(".metrics.json")
+                metrics_path.write_text(json.dumps({"samples": len(records), **results}, indent=2))
+                print(
+                    f"wrote {len(records)} per-sample predictions to {path} and the metrics to {metrics_path}"
+                )
             print(summary_table(results, len(records)))
 
     def predict_step(self, batch: list[SegSample], batch_idx: int) -> list[SampleResult]:
