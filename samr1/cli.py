@@ -35,7 +35,24 @@ def prepare_main(argv: list[str]) -> None:
     prepare(argv)
 
 
-COMMANDS = {"tiny": tiny_main, "prepare": prepare_main}
+def export_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="samr1 export",
+        description="Write a trained policy from a samr1 checkpoint as a Hugging Face directory (LoRA merged).",
+    )
+    parser.add_argument(
+        "ckpt_path", help="a checkpoint written by `samr1 fit` (e.g. runs/x/checkpoints/last.ckpt)"
+    )
+    parser.add_argument(
+        "out_dir", help="directory to write; loads with Qwen2_5_VLForConditionalGeneration.from_pretrained"
+    )
+    args = parser.parse_args(argv)
+    from samr1.modules.export import export_checkpoint
+
+    print(f"wrote {export_checkpoint(args.ckpt_path, args.out_dir)}")
+
+
+COMMANDS = {"tiny": tiny_main, "prepare": prepare_main, "export": export_main}
 
 
 def main(argv: list[str] | None = None) -> None:

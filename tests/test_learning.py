@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import lightning as L
 import pytest
-import torch
+from toy_rewards import DigitShareReward
 
 import samr1.modules.policy as policy_module
 from samr1.datamodules import SyntheticShapesDataModule
 from samr1.modules.grpo import group_advantages, policy_loss
 from samr1.modules.policy import GRPOModule
-from samr1.rewards.base import Reward
-
-
-class DigitShareReward(Reward):
-    """Share of the completion's characters that are digits (a random tiny policy scores about 0.1)."""
-
-    def score(self, completions, samples):
-        return torch.tensor([sum(c.isdigit() for c in t) / max(len(t), 1) for t in completions])
 
 
 class RewardHistory(L.Callback):

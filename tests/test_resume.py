@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import lightning as L
+from toy_rewards import DigitShareReward
 
 from samr1.datamodules import SyntheticShapesDataModule
 from samr1.modules.policy import GRPOModule
-from tests.test_learning import DigitShareReward
 
 
 class LossHistory(L.Callback):

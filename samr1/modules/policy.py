@@ -15,12 +15,13 @@ import lightning as L
 import torch
 
 from samr1.modules.evaluation import Evaluator, SampleResult, evaluate_sample
+from samr1.modules.export import add_lora, is_peft, save_pretrained
 from samr1.modules.forward import image_features
 from samr1.modules.grpo import AdvantageScale, LossAggregation, aggregate, group_advantages, policy_loss
 from samr1.modules.loading import check_model_path, load_policy, load_processor, special_token_ids
 from samr1.modules.logprobs import completion_logprobs
 from samr1.modules.prompting import DEFAULT_PROMPT, PromptBatch, PromptBuilder
-from samr1.modules.reference import ReferenceModel
+from samr1.modules.reference import AdapterDisabledReference, ReferenceModel
 from samr1.modules.rollout import Rollouts, generate_rollouts
 from samr1.modules.scoring import reward_statistics, score_completions
 from samr1.rewards.base import Reward, RewardContext
@@ -39,6 +40,9 @@ class GRPOModule(L.LightningModule):
         mini_batch_size: completions per optimiser step (default: the whole rollout batch).
         micro_batch_size: completions per forward/backward (gradient accumulation inside a mini-batch).
         kl_coef: k3 KL coefficient; the reference model is loaded only when it is positive.
+        lora_rank: LoRA adapters of this rank on the language model (0: full fine-tuning); the reference is
+            then the policy with adapters disabled.
+        export_dir: at the end of fit, write the policy here as a Hugging Face directory (LoRA merged).
         sam_checkpoint: segment-anything checkpoint (or SAM2 directory) shared by the mask reward and evaluation.
         predictions_path: test: write one JSON line per sample (answer, parsed box/points, IoU, failure) here.
         eval_groups: report groups for gIoU/cIoU (a sample's meta["group"], or ReasonSeg's short/long).
@@ -77,6 +81,10 @@ class GRPOModule(L.LightningModule):
         attn_implementation: str = "sdpa",
         freeze_vision: bool = True,
         gradient_checkpointing: bool = False,
+        lora_rank: int = 0,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.0,
+        export_dir: str | None = None,
         sam_checkpoint: str | None = None,
         sam_model_type: str = "vit_h",
         sam_backend: Literal["segment_anything", "sam2"] = "segment_anything",
@@ -113,7 +121,9 @@ class GRPOModule(L.LightningModule):
         self.processor = None
         self.prompt_builder: PromptBuilder | None = None
         self.segmenter = None
-        self._frozen: dict[str, ReferenceModel] = {}  # kept out of state_dict and DDP on purpose
+        self._frozen: dict[
+            str, ReferenceModel | AdapterDisabledReference
+        ] = {}  # kept out of state_dict and DDP on purpose
         self.evaluator = Evaluator([r.name for r in self.rewards], tuple(eval_groups), eval_multi_object)
         self.generator: torch.Generator | None = None
         self._restored_generator_state: torch.Tensor | None = None
@@ -129,6 +139,8 @@ class GRPOModule(L.LightningModule):
             self.policy.model.visual.requires_grad_(False)
         if hp.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hp.lora_rank > 0:
+            self.policy = add_lora(self.policy, hp.lora_rank, hp.lora_alpha, hp.lora_dropout)
         self.processor = load_processor(hp.model_path)
         self.prompt_builder = PromptBuilder(
             self.processor, hp.prompt_template, hp.image_size, hp.min_pixels, hp.max_pixels
@@ -154,7 +166,10 @@ class GRPOModule(L.LightningModule):
         for reward in self.rewards:
             reward.setup(context)
         if stage == "fit" and hp.kl_coef > 0 and "reference" not in self._frozen:
-            self._frozen["reference"] = ReferenceModel(hp.model_path, hp.dtype, hp.attn_implementation)
+            if hp.lora_rank > 0:
+                self._frozen["reference"] = AdapterDisabledReference(lambda: self.policy)
+            else:
+                self._frozen["reference"] = ReferenceModel(hp.model_path, hp.dtype, hp.attn_implementation)
 
     def on_fit_start(self) -> None:
         for module in self._frozen.values():
@@ -164,6 +179,19 @@ class GRPOModule(L.LightningModule):
         if self._restored_generator_state is not None:  # a resumed run continues the same random stream
             self.generator.set_state(self._restored_generator_state.to(self.generator.get_state().device))
             self._restored_generator_state = None
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            self.export_pretrained(self.hparams.export_dir)
+
+    def export_pretrained(self, out_dir: str) -> str:
+        """Write the policy as a plain Hugging Face directory (LoRA merged; the module keeps the merged model)."""
+        was_peft = is_peft(self.policy)
+        path = save_pretrained(self.policy, self.processor, out_dir)
+        if was_peft:  # merge_and_unload replaced the adapters by merged weights: keep using that model
+            self.policy = self.policy.get_base_model() if is_peft(self.policy) else self.policy
+            self._frozen.pop("reference", None)
+        return str(path)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.generator is not None:

@@ -34,3 +34,24 @@ class ReferenceModel(nn.Module):
             self.model, batch, completion_ids, prompt_index, temperature=temperature
         )
         return logp
+
+
+class AdapterDisabledReference:
+    """With LoRA the reference is the policy itself with its adapters switched off: no second copy in memory."""
+
+    def __init__(self, policy_getter) -> None:
+        self._policy = policy_getter  # a callable, so the reference follows the module's current policy
+
+    def to(self, device) -> AdapterDisabledReference:
+        return self
+
+    @torch.no_grad()
+    def logprobs(
+        self, batch: PromptBatch, completion_ids, prompt_index, temperature: float = 1.0
+    ) -> torch.Tensor:
+        policy = self._policy()
+        with policy.disable_adapter():
+            logp, _ = completion_logprobs(
+                policy, batch, completion_ids, prompt_index, temperature=temperature
+            )
+        return logp

@@ -1,0 +1,194 @@
+"""Multi-object box reward: Hungarian matching of the answer's boxes to the GT objects' boxes.
+
+For benchmarks whose target is several objects (SocioSeg: every school of a tile), the model answers a JSON list
+`[{"bbox": [...], "points_1": [...], "points_2": [...]}, ...]`. VisionReasoner and SocioReasoner reward such an
+answer by matching predicted to GT boxes one-to-one (Hungarian algorithm) and normalising by the larger count,
+so that both missing and surplus objects cost reward.
+
+The score, precisely (all boxes in the model's input space, GT mapped there with `sample.transform`):
+
+- For a predicted box p and a GT box g: `hit_iou = IoU(p, g) > iou_threshold` (0.5) and
+  `hit_l1 = mean(|p - g|) < l1_threshold` (10 px, Seg-Zero's BoxL1 threshold at 840 x 840).
+- The pair's score is `hit_iou + hit_l1` (0, 1 or 2) with `criterion="sum"`, the score of VisionReasoner's
+  and SocioReasoner's box terms; with `criterion="both"` it is 1 if both hold, else 0.
+- The assignment maximises the total pair score (`scipy.optimize.linear_sum_assignment`); the reward is that
+  total / max(#pred, #GT), so in [0, 2] ("sum") or [0, 1] ("both": the share of matched pairs).
+- A predicted object without a usable box counts in #pred but matches nothing. An answer with no objects
+  for a sample without GT objects scores the maximum (nothing to find, nothing predicted); an unparseable
+  answer scores 0.
+
+IoU uses continuous areas (`box_iou`'s convention, pixel-edge boxes); SocioReasoner adds 1 to widths and
+heights (inclusive pixel boxes), which differs only for boxes a few pixels wide. IoU is the same in original
+and model pixels (both areas scale by the same factor), so everything is computed in model pixels.
+
+GT boxes come from `sample.meta["gt_boxes"]` (original pixels, `[x1, y1, x2, y2]` each; SocioSeg fills it with
+`component_boxes` of the mask); without that key, from the connected components of `sample.mask`, else
+`[sample.box]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from samr1.rewards.base import Reward
+from samr1.rewards.box import to_model
+from samr1.rewards.parsing import parse_answer
+from samr1.sample import SegSample
+
+Criterion = Literal["sum", "both"]
+BoxLike = Sequence[float]
+
+
+def component_boxes(target: np.ndarray, min_area: int = 1) -> list[tuple[float, float, float, float]]:
+    """Tight pixel-edge boxes (x1, y1, x2, y2) of the 8-connected components of the True pixels with at least
+    `min_area` pixels, sorted by (y1, x1, y2, x2). An empty mask gives []."""
+    binary = np.ascontiguousarray(np.asarray(target, dtype=bool), dtype=np.uint8)
+    if binary.ndim != 2:
+        raise ValueError(f"expected an H x W mask, got shape {binary.shape}")
+    count, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    boxes = []
+    for label in range(1, count):  # label 0 is the background
+        x, y, w, h, area = (int(v) for v in stats[label])
+        if area >= min_area:
+            boxes.append((float(x), float(y), float(x + w), float(y + h)))
+    return sorted(boxes, key=lambda b: (b[1], b[0], b[3], b[2]))
+
+
+def _as_boxes(boxes: Sequence[BoxLike] | np.ndarray) -> np.ndarray:
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) if len(boxes) else np.zeros((0, 4))
+
+
+def box_iou_matrix(pred: Sequence[BoxLike] | np.ndarray, gt: Sequence[BoxLike] | np.ndarray) -> np.ndarray:
+    """[P, G] IoU of every predicted with every GT box (continuous areas; 0 where the union is empty)."""
+    a, b = _as_boxes(pred)[:, None, :], _as_boxes(gt)[None, :, :]
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0.0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0.0, None)
+    inter = iw * ih
+    area_a = np.clip(a[..., 2] - a[..., 0], 0.0, None) * np.clip(a[..., 3] - a[..., 1], 0.0, None)
+    area_b = np.clip(b[..., 2] - b[..., 0], 0.0, None) * np.clip(b[..., 3] - b[..., 1], 0.0, None)
+    union = area_a + area_b - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def box_l1_matrix(pred: Sequence[BoxLike] | np.ndarray, gt: Sequence[BoxLike] | np.ndarray) -> np.ndarray:
+    """[P, G] mean absolute difference of the four coordinates of every predicted and GT box."""
+    return np.abs(_as_boxes(pred)[:, None, :] - _as_boxes(gt)[None, :, :]).mean(axis=-1)
+
+
+def pair_scores(
+    pred: Sequence[BoxLike] | np.ndarray,
+    gt: Sequence[BoxLike] | np.ndarray,
+    iou_threshold: float = 0.5,
+    l1_threshold: float = 10.0,
+    criterion: Criterion = "sum",
+) -> np.ndarray:
+    """[P, G] score of each (predicted, GT) pair: [IoU > t] + [L1 < t] ("sum") or both ("both")."""
+    hit_iou = box_iou_matrix(pred, gt) > iou_threshold
+    hit_l1 = box_l1_matrix(pred, gt) < l1_threshold
+    if criterion == "sum":
+        return hit_iou.astype(np.float64) + hit_l1.astype(np.float64)
+    if criterion == "both":
+        return (hit_iou & hit_l1).astype(np.float64)
+    raise ValueError(f"criterion must be 'sum' or 'both', got {criterion!r}")
+
+
+def hungarian_match(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the one-to-one assignment maximising the total score of a [P, G] matrix
+    (min(P, G) pairs; empty when either side is empty)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    rows, cols = linear_sum_assignment(scores, maximize=True)
+    return rows.astype(np.int64), cols.astype(np.int64)
+
+
+def match_reward(
+    pred: Sequence[BoxLike | None],
+    gt: Sequence[BoxLike],
+    iou_threshold: float = 0.5,
+    l1_threshold: float = 10.0,
+    criterion: Criterion = "sum",
+) -> tuple[float, int]:
+    """(reward, fully matched pairs) of predicted boxes (None: an object without a box) against GT boxes, in
+    the same pixel space: the best assignment's total pair score / max(#pred, #GT). See the module doc."""
+    if criterion not in ("sum", "both"):
+        raise ValueError(f"criterion must be 'sum' or 'both', got {criterion!r}")
+    top = 2.0 if criterion == "sum" else 1.0
+    n = max(len(pred), len(gt))
+    if n == 0:
+        return top, 0
+    scores = np.zeros((len(pred), len(gt)))
+    valid = [i for i, box in enumerate(pred) if box is not None]
+    if valid and len(gt):
+        scores[valid] = pair_scores([pred[i] for i in valid], gt, iou_threshold, l1_threshold, criterion)
+    rows, cols = hungarian_match(scores)
+    chosen = scores[rows, cols]
+    return float(chosen.sum() / n), int((chosen == top).sum())
+
+
+def gt_boxes_of(sample: SegSample) -> list[tuple[float, ...]] | None:
+    """The sample's GT object boxes in original pixels (see the module doc); None when it has no GT at all."""
+    if "gt_boxes" in sample.meta:
+        return [tuple(float(v) for v in box) for box in sample.meta["gt_boxes"]]
+    if sample.mask is not None:
+        return component_boxes(sample.target)
+    if sample.box is not None:
+        return [tuple(sample.box)]
+    return None
+
+
+class MultiObjectMatchReward(Reward):
+    """Hungarian box matching of a list answer against every GT object (VisionReasoner / SocioReasoner).
+
+    See the module doc for the exact score. `criterion="sum"` (default) gives each matched pair 1 for
+    IoU > `iou_threshold` plus 1 for L1 < `l1_threshold`, as the references do (reward in [0, 2]);
+    `criterion="both"` counts a pair only when both hold (reward in [0, 1]). Logged details: `matched`
+    (pairs meeting both criteria), `num_pred`, `num_gt`.
+    """
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        name: str | None = None,
+        iou_threshold: float = 0.5,
+        l1_threshold: float = 10.0,
+        criterion: Criterion = "sum",
+    ) -> None:
+        super().__init__(weight=weight, name=name or "multi_object_match")
+        if criterion not in ("sum", "both"):
+            raise ValueError(f"criterion must be 'sum' or 'both', got {criterion!r}")
+        self.iou_threshold = float(iou_threshold)
+        self.l1_threshold = float(l1_threshold)
+        self.criterion = criterion
+        self.max_value = 2.0 if criterion == "sum" else 1.0
+
+    def score(self, completions: list[str], samples: list[SegSample]) -> torch.Tensor:
+        scores, matched, num_pred, num_gt = [], [], [], []
+        for completion, sample in zip(completions, samples):
+            answer = parse_answer(completion)
+            gt = gt_boxes_of(sample)
+            num_gt.append(float("nan") if gt is None else float(len(gt)))
+            if answer is None or gt is None:
+                scores.append(0.0)
+                matched.append(0.0)
+                num_pred.append(float("nan") if answer is None else float(len(answer.objects)))
+                continue
+            pred = [obj.box for obj in answer.objects]
+            gt_model = [tuple(box) for box in to_model(sample, gt).reshape(-1, 4).tolist()] if gt else []
+            value, hits = match_reward(pred, gt_model, self.iou_threshold, self.l1_threshold, self.criterion)
+            scores.append(value)
+            matched.append(float(hits))
+            num_pred.append(float(len(pred)))
+        self.details = {
+            "matched": torch.tensor(matched, dtype=torch.float32),
+            "num_pred": torch.tensor(num_pred, dtype=torch.float32),
+            "num_gt": torch.tensor(num_gt, dtype=torch.float32),
+        }
+        return torch.tensor(scores, dtype=torch.float32)
