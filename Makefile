@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 $(TINY)/manifest.json: | $(STAMP)
-	$(BIN)/samr1 tiny $(TINY)
+	$(BIN)/samr1 tiny $(TINY) --warmup-steps 100
 
 # Train the tiny policy with GRPO on synthetic shapes (SAM-R1 rewards, tiny SAM), then test the last checkpoint.
 demo: $(STAMP) $(TINY)/manifest.json

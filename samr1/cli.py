@@ -23,10 +23,24 @@ def tiny_main(argv: list[str]) -> None:
     parser.add_argument("out_dir", help="directory to write (qwen2_5_vl/, sam_vit_tiny.pth, manifest.json)")
     parser.add_argument("--size", default="tiny", choices=["tiny", "small"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=0,
+        help="supervised steps on synthetic-shape answers so the policy writes the answer format (demo: 100)",
+    )
+    parser.add_argument("--warmup-image-size", type=int, default=112)
     args = parser.parse_args(argv)
     from samr1.modules.tiny import write_tiny_checkpoints
 
-    print(json.dumps(write_tiny_checkpoints(args.out_dir, size=args.size, seed=args.seed), indent=2))
+    manifest = write_tiny_checkpoints(
+        args.out_dir,
+        args.size,
+        args.seed,
+        warmup_steps=args.warmup_steps,
+        warmup_image_size=args.warmup_image_size,
+    )
+    print(json.dumps(manifest, indent=2))
 
 
 def prepare_main(argv: list[str]) -> None:

@@ -17,3 +17,11 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
     from samr1.modules.tiny import write_tiny_checkpoints
 
     return write_tiny_checkpoints(tmp_path_factory.mktemp("tiny"), size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def warm_checkpoints(tmp_path_factory) -> dict[str, str]:
+    """Tiny checkpoints whose policy was warmed up to write the answer format (non-trivial metrics)."""
+    from samr1.modules.tiny import write_tiny_checkpoints
+
+    return write_tiny_checkpoints(tmp_path_factory.mktemp("warm"), size="tiny", seed=0, warmup_steps=60)

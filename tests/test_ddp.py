@@ -10,13 +10,13 @@ import sys
 import yaml
 
 
-def _config(tmp_path, tiny_checkpoints, name: str) -> str:
+def _config(tmp_path, warm_checkpoints, name: str) -> str:
     with open("configs/demo.yaml") as f:
         config = yaml.safe_load(f)
     config["model"].update(
-        model_path=tiny_checkpoints["policy"],
-        sam_checkpoint=tiny_checkpoints["sam_checkpoint"],
-        max_new_tokens=12,
+        model_path=warm_checkpoints["policy"],
+        sam_checkpoint=warm_checkpoints["sam_checkpoint"],
+        max_new_tokens=64,
         predictions_path=str(tmp_path / name / "pred.jsonl"),
     )
     # 15 test samples: an odd count, so a padding sampler would count one twice.
@@ -36,13 +36,14 @@ def _run_test(config: str, devices: int) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def test_two_process_ddp_matches_one_process(tmp_path, tiny_checkpoints):
-    _run_test(_config(tmp_path, tiny_checkpoints, "one"), devices=1)
-    _run_test(_config(tmp_path, tiny_checkpoints, "two"), devices=2)
+def test_two_process_ddp_matches_one_process(tmp_path, warm_checkpoints):
+    _run_test(_config(tmp_path, warm_checkpoints, "one"), devices=1)
+    _run_test(_config(tmp_path, warm_checkpoints, "two"), devices=2)
     one = json.loads((tmp_path / "one" / "pred.metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "pred.metrics.json").read_text())
     assert one["samples"] == two["samples"] == 15
     assert one == two  # gIoU, cIoU, box accuracy, parse failures and every reward mean, exactly
+    assert one["parse_failure_rate"] < 0.5 and one["giou"] > 0  # the warmed-up policy gives real answers
 
     def rows(name):
         lines = (tmp_path / name / "pred.jsonl").read_text().splitlines()

@@ -194,12 +194,27 @@ def build_tiny_sam(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
-def write_tiny_checkpoints(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> dict[str, str]:
-    """Write the tiny policy and the tiny SAM under `out_dir`; returns their paths."""
+def write_tiny_checkpoints(
+    out_dir: str | Path,
+    size: str = "tiny",
+    seed: int = 0,
+    warmup_steps: int = 0,
+    warmup_image_size: int = 112,
+) -> dict[str, str]:
+    """Write the tiny policy and the tiny SAM under `out_dir`; returns their paths.
+
+    `warmup_steps` > 0 then fits the policy to synthetic-shape answers (see `samr1.modules.warmup`), so that
+    it writes the answer format and GRPO's rewards carry signal from the first step (the demo uses this).
+    """
     out = Path(out_dir)
     qwen = build_tiny_qwen(out / "qwen2_5_vl", size=size, seed=seed)
     sam = build_tiny_sam(out / "sam_vit_tiny.pth", seed=seed)
+    if warmup_steps > 0:
+        from samr1.modules.warmup import supervised_warmup
+
+        supervised_warmup(qwen, warmup_steps, image_size=warmup_image_size, seed=seed)
     manifest = {
+        "warmup_steps": warmup_steps,
         "policy": str(qwen),
         "sam_checkpoint": str(sam),
         "sam_model_type": "vit_tiny",
