@@ -73,11 +73,15 @@ def answer_objects(answer: Answer | None, multi_object: bool) -> list[Answer]:
 def segment_answer(segmenter, image: np.ndarray, sample: SegSample, objects: list[Answer]) -> np.ndarray:
     """SAM's best-scoring mask for each object's box and points (original pixels), united."""
     union = np.zeros(image.shape[:2], dtype=bool)
+    embedding = segmenter.embed(image) if hasattr(segmenter, "embed") else None  # encode the image once
     for obj in objects:
         box = to_original(sample, obj.box)[None] if obj.box is not None else None
         points = to_original(sample, obj.points)[None] if obj.points else None
         labels = np.ones((1, len(obj.points)), dtype=np.int64) if obj.points else None
-        masks, _ = segmenter.predict(image, boxes=box, points=points, point_labels=labels, multimask=True)
+        if embedding is not None:
+            masks, _ = segmenter.decode(embedding, box, points, labels, True)
+        else:
+            masks, _ = segmenter.predict(image, boxes=box, points=points, point_labels=labels, multimask=True)
         union |= np.asarray(masks.cpu() if isinstance(masks, torch.Tensor) else masks)[0].astype(bool)
     return union
 

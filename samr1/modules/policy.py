@@ -20,6 +20,7 @@ from samr1.modules.forward import image_features
 from samr1.modules.grpo import AdvantageScale, LossAggregation, aggregate, group_advantages, policy_loss
 from samr1.modules.loading import check_model_path, load_policy, load_processor, special_token_ids
 from samr1.modules.logprobs import completion_logprobs
+from samr1.modules.sharding import check_strategy, shard_policy
 from samr1.modules.prompting import DEFAULT_PROMPT, PromptBatch, PromptBuilder
 from samr1.modules.reference import AdapterDisabledReference, ReferenceModel
 from samr1.modules.rollout import Rollouts, generate_rollouts
@@ -141,6 +142,8 @@ class GRPOModule(L.LightningModule):
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hp.lora_rank > 0:
             self.policy = add_lora(self.policy, hp.lora_rank, hp.lora_alpha, hp.lora_dropout)
+        if self.device_mesh is not None:  # ModelParallelStrategy: shard with FSDP2 (see sharding.py)
+            shard_policy(self.policy, self.device_mesh, hp.dtype, hp.gradient_checkpointing)
         self.processor = load_processor(hp.model_path)
         self.prompt_builder = PromptBuilder(
             self.processor, hp.prompt_template, hp.image_size, hp.min_pixels, hp.max_pixels
@@ -149,6 +152,7 @@ class GRPOModule(L.LightningModule):
         self.eos_ids, self.banned_ids = special_token_ids(self.processor.tokenizer, vocab)
 
     def setup(self, stage: str) -> None:
+        check_strategy(self.trainer)
         self.configure_model()
         hp = self.hparams
         if hp.sam_checkpoint is not None and self.segmenter is None:
@@ -170,6 +174,8 @@ class GRPOModule(L.LightningModule):
                 self._frozen["reference"] = AdapterDisabledReference(lambda: self.policy)
             else:
                 self._frozen["reference"] = ReferenceModel(hp.model_path, hp.dtype, hp.attn_implementation)
+                if self.device_mesh is not None:
+                    shard_policy(self._frozen["reference"].model, self.device_mesh, hp.dtype, False)
 
     def on_fit_start(self) -> None:
         for module in self._frozen.values():
@@ -309,7 +315,9 @@ class GRPOModule(L.LightningModule):
         )
         for reward in self.rewards:
             for key, value in reward.details.items():
-                stats[f"reward/{reward.name}_{key}"] = value.float().mean().item()
+                stats[f"reward/{reward.name}_{key}"] = (
+                    value.float().nanmean().item()
+                )  # NaN: nothing to measure
         self._log_train(stats)
         self.last_rollout = (prompts, rollouts, total, per_reward)
 

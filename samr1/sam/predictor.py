@@ -1,0 +1,222 @@
+"""SamPromptSegmenter: a frozen segment-anything `Sam` that encodes an image once and decodes K prompts at once.
+
+It reproduces `segment_anything.SamPredictor` step for step (same resize, coordinate transform, prompt encoder,
+decoder and upsampling), so its masks equal SamPredictor's prompt by prompt, pixel for pixel, in float32. The
+difference is the batching: `SamPredictor.predict` takes one prompt per call, and the usual reward code calls
+`set_image` per completion, re-encoding the same image G times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from samr1.sam.cache import EmbeddingCache
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """'float32' / 'bfloat16' / 'float16' (or a torch dtype) -> torch dtype; None means float32."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    aliases = {
+        "bf16": "bfloat16",
+        "fp16": "float16",
+        "half": "float16",
+        "fp32": "float32",
+        "float": "float32",
+    }
+    name = aliases.get(name, name)
+    if name not in _DTYPES:
+        raise ValueError(f"unsupported SAM dtype {dtype!r}; choose one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+@dataclass
+class SamEmbedding:
+    """One encoded image: what decoding needs besides the prompts."""
+
+    features: torch.Tensor  # [1, C, h, w], float32, on the model's device
+    original_size: tuple[int, int]  # (H, W) of the image given to `embed`
+    input_size: tuple[int, int]  # (H, W) after the longest-side resize, before padding
+
+
+class SamPromptSegmenter:
+    """Prompted segmentation with a frozen segment-anything model (public contract).
+
+    `predict(image, boxes, points, point_labels, multimask)`: `image` H x W x 3 uint8 RGB (numpy or PIL);
+    `boxes` [K, 4] (x1, y1, x2, y2), `points` [K, P, 2] (x, y), `point_labels` [K, P] (1 foreground,
+    0 background; all 1 when omitted), all in original pixels, numpy or tensor. Returns `(masks, scores)` as
+    numpy: bool masks [K, H, W] at the image's resolution and float32 scores [K] (SAM's predicted IoU). With
+    `multimask=True` each prompt keeps the best-scoring of SAM's three masks.
+
+    `embed` + `decode` split the two halves so a caller can decode prompts of different layouts against one
+    encoding; `key` names the image for the optional LRU cache (`cache_size` entries; 0 disables it).
+
+    The module is put in eval mode with gradients off and moved to `device`; with `dtype` other than float32
+    only the image encoder (where the time goes) runs in that dtype, and its output is cast back to float32 so
+    that prompt encoding, decoding and upsampling stay exact.
+    """
+
+    def __init__(
+        self,
+        sam: Sam,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        cache_size: int = 0,
+        postprocess_chunk: int = 16,
+    ) -> None:
+        self.sam = sam.eval().requires_grad_(False)
+        if device is not None:
+            self.sam.to(device)
+        self.dtype = resolve_dtype(dtype)
+        self.sam.image_encoder.to(self.dtype)
+        self.transform = ResizeLongestSide(self.sam.image_encoder.img_size)
+        self.cache: EmbeddingCache[SamEmbedding] = EmbeddingCache(cache_size)
+        # Upsampled float masks cost K x 1024 x 1024 x 4 bytes; chunking bounds that without changing results.
+        self.postprocess_chunk = max(1, int(postprocess_chunk))
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.device
+
+    def predict(
+        self,
+        image: Any,
+        boxes: Any = None,
+        points: Any = None,
+        point_labels: Any = None,
+        multimask: bool = False,
+        key: Any = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Encode `image` once (or take it from the cache under `key`) and decode all K prompts in one batch."""
+        return self.decode(self.embed(image, key=key), boxes, points, point_labels, multimask)
+
+    @torch.inference_mode()
+    def embed(self, image: Any, key: Any = None) -> SamEmbedding:
+        image = as_rgb_uint8(image)
+        cached = self.cache.get(key)
+        if cached is not None and cached.original_size == image.shape[:2]:
+            return cached
+        if self.sam.image_format != "RGB":
+            image = image[..., ::-1]
+        # The same steps as SamPredictor.set_image / set_torch_image.
+        resized = self.transform.apply_image(image)
+        x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None, :, :, :]
+        x = self.sam.preprocess(x)
+        features = self.sam.image_encoder(x.to(self.dtype)).float()
+        embedding = SamEmbedding(features, tuple(image.shape[:2]), tuple(resized.shape[:2]))
+        self.cache.put(key, embedding)
+        return embedding
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        embedding: SamEmbedding,
+        boxes: Any = None,
+        points: Any = None,
+        point_labels: Any = None,
+        multimask: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        boxes, points, point_labels = check_prompts(boxes, points, point_labels)
+        k = len(boxes) if boxes is not None else len(points)
+        h, w = embedding.original_size
+        if k == 0:
+            return np.zeros((0, h, w), dtype=bool), np.zeros(0, dtype=np.float32)
+        # Coordinates go through the numpy transform in float64, then float32, exactly as SamPredictor.predict.
+        point_input = None
+        if points is not None:
+            coords = self.transform.apply_coords(points, embedding.original_size)
+            point_input = (
+                torch.as_tensor(coords, dtype=torch.float, device=self.device),
+                torch.as_tensor(point_labels, dtype=torch.int, device=self.device),
+            )
+        box_input = None
+        if boxes is not None:
+            box_input = torch.as_tensor(
+                self.transform.apply_boxes(boxes, embedding.original_size),
+                dtype=torch.float,
+                device=self.device,
+            )
+        sparse, dense = self.sam.prompt_encoder(points=point_input, boxes=box_input, masks=None)
+        low_res, iou = self.sam.mask_decoder(
+            image_embeddings=embedding.features,
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        # Pick the best of three before upsampling: upsampling is per mask, so this only saves work.
+        best = iou.argmax(dim=1) if multimask else torch.zeros(k, dtype=torch.long, device=iou.device)
+        rows = torch.arange(k, device=iou.device)
+        low_res = low_res[rows, best].unsqueeze(1)
+        scores = iou[rows, best]
+        masks = torch.cat(
+            [
+                self.sam.postprocess_masks(chunk, embedding.input_size, embedding.original_size)
+                > self.sam.mask_threshold
+                for chunk in low_res.split(self.postprocess_chunk)
+            ]
+        )
+        return masks[:, 0].cpu().numpy(), scores.float().cpu().numpy()
+
+
+def as_rgb_uint8(image: Any) -> np.ndarray:
+    """numpy H x W x 3 uint8 from a numpy array, tensor or PIL image (grey or RGBA converted)."""
+    if hasattr(image, "convert") and not isinstance(image, np.ndarray):  # PIL
+        image = image.convert("RGB")
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"expected an H x W x 3 RGB image, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    image = np.ascontiguousarray(image[:, :, :3])
+    # np.asarray(PIL image) is read-only, which torch.from_numpy warns about downstream.
+    return image if image.flags.writeable else image.copy()
+
+
+def check_prompts(boxes: Any, points: Any, point_labels: Any) -> tuple[Any, Any, Any]:
+    """Prompts as float64 numpy boxes [K, 4], points [K, P, 2] and int labels [K, P] (ones when omitted)."""
+    if boxes is None and points is None:
+        raise ValueError("give boxes [K, 4] and/or points [K, P, 2]")
+    if boxes is not None:
+        boxes = _numpy(boxes, np.float64)
+        if boxes.ndim == 1:
+            boxes = boxes[None]
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"boxes must be [K, 4], got shape {boxes.shape}")
+    if points is not None:
+        points = _numpy(points, np.float64)
+        if points.ndim != 3 or points.shape[2] != 2:
+            raise ValueError(
+                f"points must be [K, P, 2] (one row of P points per prompt), got shape {points.shape}"
+            )
+        if point_labels is None:
+            point_labels = np.ones(points.shape[:2], dtype=np.int64)
+        point_labels = _numpy(point_labels, np.int64)
+        if point_labels.shape != points.shape[:2]:
+            raise ValueError(f"point_labels must be [K, P] = {points.shape[:2]}, got {point_labels.shape}")
+        if boxes is not None and len(boxes) != len(points):
+            raise ValueError(
+                f"{len(boxes)} boxes but {len(points)} point prompts; give one of each per prompt"
+            )
+    return boxes, points, point_labels
+
+
+def _numpy(x: Any, dtype) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)

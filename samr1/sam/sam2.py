@@ -1,0 +1,179 @@
+"""SAM2 through transformers (`Sam2Model` + `Sam2Processor`), behind the same call as SamPromptSegmenter.
+
+The processor resizes the image to the model's square input and scales prompts by the same factors; the
+model decodes all K prompts of one image against one set of image embeddings (`image_embeddings=`), and the
+processor upsamples the kept low-resolution masks to the original size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from samr1.sam.cache import EmbeddingCache
+from samr1.sam.predictor import as_rgb_uint8, check_prompts, resolve_dtype
+
+
+@dataclass
+class Sam2Embedding:
+    features: list[torch.Tensor]  # the multi-level image embeddings of Sam2Model.get_image_embeddings
+    original_size: tuple[int, int]  # (H, W)
+
+
+class Sam2PromptSegmenter:
+    """`predict(image, boxes, points, point_labels, multimask) -> (masks, scores)` with a frozen `Sam2Model`.
+
+    Same conventions as `SamPromptSegmenter`: original pixels in, numpy bool masks [K, H, W] and float32
+    scores [K] out, best of three with `multimask=True`, `embed` / `decode` halves and an optional LRU cache.
+    The whole model runs in `dtype` (prompts are cast to it); scores and mask logits are read back as float32.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        cache_size: int = 0,
+    ) -> None:
+        self.dtype = resolve_dtype(dtype)
+        self.model = model.eval().requires_grad_(False).to(dtype=self.dtype)
+        if device is not None:
+            self.model.to(device)
+        self.processor = processor
+        self.cache: EmbeddingCache[Sam2Embedding] = EmbeddingCache(cache_size)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "float32",
+        cache_size: int = 0,
+    ) -> Sam2PromptSegmenter:
+        from transformers import Sam2Model, Sam2Processor
+
+        model = Sam2Model.from_pretrained(str(path))
+        processor = Sam2Processor.from_pretrained(str(path))
+        return cls(model, processor, device=device, dtype=dtype, cache_size=cache_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def predict(
+        self,
+        image: Any,
+        boxes: Any = None,
+        points: Any = None,
+        point_labels: Any = None,
+        multimask: bool = False,
+        key: Any = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return self.decode(self.embed(image, key=key), boxes, points, point_labels, multimask)
+
+    @torch.inference_mode()
+    def embed(self, image: Any, key: Any = None) -> Sam2Embedding:
+        image = as_rgb_uint8(image)
+        cached = self.cache.get(key)
+        if cached is not None and cached.original_size == image.shape[:2]:
+            return cached
+        inputs = self.processor(images=image, return_tensors="pt")
+        pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
+        embedding = Sam2Embedding(list(self.model.get_image_embeddings(pixel_values)), tuple(image.shape[:2]))
+        self.cache.put(key, embedding)
+        return embedding
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        embedding: Sam2Embedding,
+        boxes: Any = None,
+        points: Any = None,
+        point_labels: Any = None,
+        multimask: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        boxes, points, point_labels = check_prompts(boxes, points, point_labels)
+        k = len(boxes) if boxes is not None else len(points)
+        h, w = embedding.original_size
+        if k == 0:
+            return np.zeros((0, h, w), dtype=bool), np.zeros(0, dtype=np.float32)
+        # One image, K prompts: the processor wants [image, prompt, ...] nesting and scales to its input size.
+        prompts = self.processor(
+            original_sizes=[[h, w]],
+            input_boxes=None if boxes is None else torch.from_numpy(boxes[None]).float(),
+            input_points=None if points is None else torch.from_numpy(points[None]).float(),
+            input_labels=None if points is None else torch.from_numpy(point_labels[None]),
+            return_tensors="pt",
+        )
+        kwargs = {}
+        for name in ("input_boxes", "input_points"):
+            if name in prompts:
+                kwargs[name] = prompts[name].to(self.device, self.dtype)
+        if "input_labels" in prompts:
+            kwargs["input_labels"] = prompts["input_labels"].to(self.device)
+        out = self.model(image_embeddings=embedding.features, multimask_output=multimask, **kwargs)
+        iou = out.iou_scores[0].float()  # [K, C]
+        low_res = out.pred_masks[0].float()  # [K, C, h, w]
+        best = iou.argmax(dim=1)
+        rows = torch.arange(k, device=iou.device)
+        masks = self.processor.post_process_masks([low_res[rows, best].unsqueeze(1)], [[h, w]])[0]
+        return masks[:, 0].cpu().numpy(), iou[rows, best].cpu().numpy()
+
+
+def tiny_sam2_config(image_size: int = 256):
+    """A ~0.35M-parameter SAM2 (Hiera backbone shrunk) that runs in tens of milliseconds on a CPU.
+
+    A global-attention block must not open a pooling stage (its window size is 0 there), hence
+    `blocks_per_stage` [1, 1, 2, 1] with the global block at index 3.
+    """
+    from transformers import Sam2Config
+
+    stages = [16, 32, 64, 128]
+    s = image_size
+    return Sam2Config(
+        vision_config={
+            "backbone_config": {
+                "model_type": "sam2_hiera_det_model",
+                "hidden_size": stages[0],
+                "image_size": [s, s],
+                "blocks_per_stage": [1, 1, 2, 1],
+                "embed_dim_per_stage": stages,
+                "num_attention_heads_per_stage": [1, 1, 2, 2],
+                "window_size_per_stage": [8, 4, 4, 4],
+                "global_attention_blocks": [3],
+                "window_positional_embedding_background_size": [4, 4],
+            },
+            "backbone_channel_list": stages[::-1],
+            "backbone_feature_sizes": [[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
+            "fpn_hidden_size": 32,
+        },
+        prompt_encoder_config={"hidden_size": 32, "image_size": s, "patch_size": 16},
+        mask_decoder_config={
+            "hidden_size": 32,
+            "mlp_dim": 64,
+            "num_attention_heads": 2,
+            "iou_head_hidden_dim": 32,
+        },
+    )
+
+
+def build_tiny_sam2(out_dir: str | Path, seed: int = 0, image_size: int = 256) -> Path:
+    """Write a randomly initialised tiny SAM2 (model + processor) loadable with `from_pretrained`."""
+    from transformers import Sam2Model, Sam2Processor
+    from transformers.models.sam2.image_processing_sam2 import Sam2ImageProcessor
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    Sam2Model(tiny_sam2_config(image_size)).save_pretrained(out)
+    image_processor = Sam2ImageProcessor(
+        size={"height": image_size, "width": image_size},
+        mask_size={"height": image_size // 4, "width": image_size // 4},
+    )
+    Sam2Processor(image_processor=image_processor, target_size=image_size).save_pretrained(out)
+    return out
