@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from typing import Literal
 
 import lightning as L
@@ -20,11 +21,11 @@ from samr1.modules.forward import image_features
 from samr1.modules.grpo import AdvantageScale, LossAggregation, aggregate, group_advantages, policy_loss
 from samr1.modules.loading import check_model_path, load_policy, load_processor, special_token_ids
 from samr1.modules.logprobs import completion_logprobs
-from samr1.modules.sharding import check_strategy, shard_policy
 from samr1.modules.prompting import DEFAULT_PROMPT, PromptBatch, PromptBuilder
 from samr1.modules.reference import AdapterDisabledReference, ReferenceModel
 from samr1.modules.rollout import Rollouts, generate_rollouts
 from samr1.modules.scoring import reward_statistics, score_completions
+from samr1.modules.sharding import check_strategy, shard_policy
 from samr1.rewards.base import Reward, RewardContext
 from samr1.sample import SegSample
 
@@ -261,7 +262,8 @@ class GRPOModule(L.LightningModule):
         timings: dict[str, float] = {}
         tic = time.perf_counter()
         prompts = self.prompts(batch)
-        rollouts = self.rollout(prompts, hp.group_size, hp.temperature, hp.max_new_tokens)
+        with out_of_memory_hint("generation", len(batch), hp.group_size, "max_new_tokens or data.batch_size"):
+            rollouts = self.rollout(prompts, hp.group_size, hp.temperature, hp.max_new_tokens)
         timings["generation"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
@@ -293,7 +295,10 @@ class GRPOModule(L.LightningModule):
         timings["logprobs"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
-        update_stats = self._update(prompts, rollouts, advantages, old_logprobs, ref_logprobs, features)
+        with out_of_memory_hint(
+            "update", len(batch), hp.group_size, "micro_batch_size, or set gradient_checkpointing"
+        ):
+            update_stats = self._update(prompts, rollouts, advantages, old_logprobs, ref_logprobs, features)
         timings["update"] = time.perf_counter() - tic
 
         gen_tokens = rollouts.completion_mask.sum().item()
@@ -478,6 +483,18 @@ def summary_table(results: dict[str, float], n: int) -> str:
             shown = f"{value:10.4f}"
         lines.append(f"{key:<28}{shown}")
     return "\n".join(lines)
+
+
+@contextmanager
+def out_of_memory_hint(phase: str, prompts: int, group_size: int, lower: str):
+    """Re-raise an out-of-memory error saying which phase ran out, at what batch and G, and what to lower."""
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        raise torch.OutOfMemoryError(
+            f"out of memory during {phase} with {prompts} prompts x G={group_size} completions; lower {lower} "
+            f"(or use LoRA / configs/strategy/fsdp.yaml). Original error: {err}"
+        ) from err
 
 
 def _normaliser(mask: torch.Tensor, aggregation: str) -> float:
