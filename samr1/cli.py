@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 from samr1.datamodules.base import SegDataModule
@@ -14,6 +16,31 @@ from samr1.modules.policy import GRPOModule
 
 class SamR1CLI(LightningCLI):
     """LightningCLI over `GRPOModule` and any `SegDataModule` (chosen by `data.class_path`)."""
+
+    def before_fit(self) -> None:
+        resume_wandb_run(self.config_init[self.subcommand].get("ckpt_path"), self.trainer)
+
+
+def resume_wandb_run(ckpt_path: str | None, trainer) -> None:
+    """Hand a resumed checkpoint's wandb run id to samr1's WandbLogger, so the run's curves continue."""
+    if not ckpt_path:
+        return
+    from samr1.loggers import WandbLogger
+
+    loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+    if not loggers:
+        return
+    path = ckpt_path
+    if ckpt_path in ("last", "best"):
+        callback = trainer.checkpoint_callback
+        path = getattr(callback, f"{ckpt_path}_model_path", None) or (
+            str(Path(callback.dirpath) / "last.ckpt") if callback is not None and callback.dirpath else None
+        )
+    if not path or not Path(path).is_file():
+        return
+    run_id = torch.load(path, map_location="cpu", weights_only=True).get("samr1_wandb_run_id")
+    if run_id:
+        loggers[0].resume_run(run_id)
 
 
 def tiny_main(argv: list[str]) -> None:

@@ -66,3 +66,19 @@ def test_resume_gives_the_same_losses(tiny_checkpoints, tmp_path):
     assert first.losses + resumed.losses == full.losses
     assert first.rewards + resumed.rewards == full.rewards
     assert len(resumed.losses) == 4
+
+
+def test_resume_hands_the_wandb_run_id_to_the_logger(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from samr1.cli import resume_wandb_run
+    from samr1.loggers import WandbLogger
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"samr1_wandb_run_id": "run123"}, ckpt)
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True)
+    resume_wandb_run(str(ckpt), SimpleNamespace(loggers=[logger], checkpoint_callback=None))
+    assert logger.version == "run123"
+    assert logger._wandb_init["resume"] == "allow"

@@ -4,10 +4,13 @@ from samr1.datamodules.base import BadSampleLog, SampleError, SegDataModule, col
 from samr1.datamodules.jsonl import JsonlSegDataModule, JsonlSegDataset
 from samr1.datamodules.reasonseg import ReasonSegDataModule, ReasonSegDataset
 from samr1.datamodules.refcoco import RefCOCODataModule, RefCOCODataset
+from samr1.datamodules.single import ImageQueryDataModule
+from samr1.datamodules.socioseg import SocioSegDataModule, SocioSegDataset
 from samr1.datamodules.synthetic import SyntheticShapesDataModule, SyntheticShapesDataset
 
 __all__ = [
     "BadSampleLog",
+    "ImageQueryDataModule",
     "JsonlSegDataModule",
     "JsonlSegDataset",
     "ReasonSegDataModule",
@@ -16,6 +19,8 @@ __all__ = [
     "RefCOCODataset",
     "SampleError",
     "SegDataModule",
+    "SocioSegDataModule",
+    "SocioSegDataset",
     "SyntheticShapesDataModule",
     "SyntheticShapesDataset",
     "collate_samples",

@@ -101,11 +101,13 @@ def evaluate_sample(text: str, sample: SegSample, segmenter, multi_object: bool 
             result.box_iou = box_iou(result.box, sample.box)
     if first is not None and first.points:
         result.points = to_original(sample, first.points).tolist()
-    if sample.mask is None:
-        return result
-    if objects and segmenter is not None:
+    if (
+        objects and segmenter is not None
+    ):  # also without GT (predict on a user's image): the mask is the output
         image = np.asarray(sample.load_image())
         result.mask = segment_answer(segmenter, image, sample, objects)
+    if sample.mask is None:
+        return result
     inter, union = intersection_union(result.mask, sample.mask)  # None: an empty prediction
     result.intersection, result.union, result.iou = int(inter), int(union), sample_iou(inter, union)
     return result

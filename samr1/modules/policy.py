@@ -203,6 +203,9 @@ class GRPOModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.generator is not None:
             checkpoint["samr1_sampling_rng"] = self.generator.get_state()
+        for logger in self.loggers:  # so `fit --ckpt_path` continues the same wandb run (see cli.py)
+            if type(logger).__name__ == "WandbLogger" and logger.version:
+                checkpoint["samr1_wandb_run_id"] = str(logger.version)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._restored_generator_state = checkpoint.get("samr1_sampling_rng")

@@ -1,0 +1,211 @@
+"""Weights & Biases tables: what the policy wrote, drawn on the image, with its rewards.
+
+`RolloutTableCallback` logs through the trainer's `WandbLogger` (and does nothing without one):
+
+* `train/rollouts`, every `every_n_steps` rollout batches: one row per completion (the first `max_rows`),
+  with the image overlay (GT mask, answer box and points, SAM's mask when a `MaskIoUReward` is configured),
+  the completion, the total reward and one column per reward.
+* `val/predictions` and `val/metrics` after each validation: the greedy answers of the first `max_rows`
+  samples drawn on their images with their IoU, and the `val/*` metrics as a table.
+
+Lightning calls callbacks' `on_validation_epoch_end` before the module's, and the module logs `val/*` and
+resets its evaluator's records there; so the records are collected batch by batch (`on_validation_batch_end`)
+and everything is logged in `on_validation_end`, when `trainer.callback_metrics` holds the new `val/*` values.
+
+`wandb` is imported only when a table is logged, so samr1 imports without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+from PIL import Image
+
+from samr1.callbacks.overlays import draw_prediction, thumbnail
+from samr1.rewards.box import to_original
+from samr1.rewards.parsing import parse_answer
+from samr1.sample import SegSample
+
+ROLLOUT_KEY = "train/rollouts"
+PREDICTIONS_KEY = "val/predictions"
+METRICS_KEY = "val/metrics"
+
+
+def find_wandb_logger(trainer: L.Trainer):
+    """The trainer's `WandbLogger`, or None."""
+    from lightning.pytorch.loggers.wandb import WandbLogger  # importable without wandb installed
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            return logger
+    return None
+
+
+def completion_overlay(
+    sample: SegSample, completion: str, pred_mask: np.ndarray | None, max_side: int | None = 512
+) -> Image.Image:
+    """The sample's image with its GT mask and box, the completion's box and points and SAM's mask."""
+    answer = parse_answer(completion)
+    box = points = None
+    if answer is not None and answer.box is not None:
+        box = to_original(sample, answer.box).tolist()
+    if answer is not None and answer.points:
+        points = to_original(sample, answer.points).tolist()
+    image = draw_prediction(
+        sample.load_image(),
+        gt_mask=sample.mask,
+        pred_mask=pred_mask,
+        box=box,
+        points=points,
+        gt_box=sample.box,
+    )
+    return thumbnail(image, max_side)
+
+
+def rollout_rows(pl_module: L.LightningModule, step: int, max_rows: int, max_side: int | None = 512):
+    """(columns, rows) of the module's `last_rollout`; the overlay cells are PIL images."""
+    from samr1.rewards.mask import MaskIoUReward
+
+    prompts, rollouts, total, per_reward = pl_module.last_rollout
+    names = list(per_reward)
+    columns = ["step", "sample_id", "query", "overlay", "completion", "total_reward", *names]
+    masks = None
+    for reward in getattr(pl_module, "rewards", []):
+        if isinstance(reward, MaskIoUReward) and len(reward.last_masks) == len(rollouts.texts):
+            masks = reward.last_masks
+            break
+    rows = []
+    for i, text in enumerate(rollouts.texts[:max_rows]):
+        sample = prompts.samples[int(rollouts.prompt_index[i])]
+        overlay = completion_overlay(sample, text, masks[i] if masks is not None else None, max_side)
+        rewards = [float(per_reward[name][i]) for name in names]
+        rows.append([step, str(sample.id), sample.query, overlay, text, float(total[i]), *rewards])
+    return columns, rows
+
+
+def prediction_row(step: int, dataloader_idx: int, sample: SegSample, record, max_side: int | None = 512):
+    """One validation row: the greedy answer (`SampleResult`, original pixels) drawn on its image."""
+    image = draw_prediction(
+        sample.load_image(),
+        gt_mask=sample.mask,
+        pred_mask=record.mask,
+        box=record.box,
+        points=record.points,
+        gt_box=sample.box,
+    )
+    overlay = thumbnail(image, max_side)
+    return [
+        step,
+        dataloader_idx,
+        record.id,
+        record.query,
+        overlay,
+        record.completion,
+        record.iou,
+        record.failure,
+    ]
+
+
+PREDICTION_COLUMNS = ["step", "dataloader", "sample_id", "query", "overlay", "completion", "iou", "failure"]
+METRIC_COLUMNS = ["step", "group", "metric", "value"]
+
+
+def metric_rows(metrics: dict[str, Any], step: int, prefix: str = "val/") -> list[list]:
+    """`prefix`-ed metrics as (step, group, metric, value); "val/short/giou" -> group "short", "giou"."""
+    rows = []
+    for key in sorted(metrics):
+        if not key.startswith(prefix):
+            continue
+        group, _, name = key[len(prefix) :].rpartition("/")
+        rows.append([step, group or "all", name, float(metrics[key])])
+    return rows
+
+
+def _wandb_cells(rows: list[list]) -> list[list]:
+    import wandb
+
+    return [[wandb.Image(cell) if isinstance(cell, Image.Image) else cell for cell in row] for row in rows]
+
+
+class RolloutTableCallback(L.Callback):
+    """Rollout and validation tables with image overlays in W&B (see the module docstring).
+
+    Args:
+        every_n_steps: rollout batches (training steps) between two rollout tables.
+        max_rows: completions per rollout table and samples per validation table.
+        max_image_side: overlays are scaled down to this longer side (None: original size).
+        log_validation: also log the validation predictions and metrics tables.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        max_rows: int = 16,
+        max_image_side: int | None = 512,
+        log_validation: bool = True,
+    ) -> None:
+        if every_n_steps < 1 or max_rows < 1:
+            raise ValueError("every_n_steps and max_rows must be positive")
+        self.every_n_steps = every_n_steps
+        self.max_rows = max_rows
+        self.max_image_side = max_image_side
+        self.log_validation = log_validation
+        self._batches = 0
+        self._val_rows: list[list] = []
+
+    # ------------------------------------------------------------ training
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._batches += 1
+        if self._batches % self.every_n_steps or not trainer.is_global_zero:
+            return
+        logger = find_wandb_logger(trainer)
+        if logger is None or getattr(pl_module, "last_rollout", None) is None:
+            return
+        columns, rows = rollout_rows(pl_module, trainer.global_step, self.max_rows, self.max_image_side)
+        logger.log_table(ROLLOUT_KEY, columns=columns, data=_wandb_cells(rows), step=trainer.global_step)
+
+    # ------------------------------------------------------------ validation
+    def _active(self, trainer) -> bool:
+        return (
+            self.log_validation
+            and not trainer.sanity_checking
+            and trainer.is_global_zero
+            and find_wandb_logger(trainer) is not None
+        )
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._val_rows = []
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if len(self._val_rows) >= self.max_rows or not self._active(trainer):
+            return
+        evaluator = getattr(pl_module, "evaluator", None)
+        if evaluator is None or not batch:
+            return
+        records = evaluator.records[-len(batch) :]  # the evaluator appends one record per sample
+        for sample, record in zip(batch, records):
+            if len(self._val_rows) >= self.max_rows:
+                break
+            if record.id != str(sample.id):
+                continue
+            self._val_rows.append(
+                prediction_row(trainer.global_step, dataloader_idx, sample, record, self.max_image_side)
+            )
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not self._active(trainer):
+            return
+        logger = find_wandb_logger(trainer)
+        step = trainer.global_step
+        if self._val_rows:
+            logger.log_table(
+                PREDICTIONS_KEY, columns=PREDICTION_COLUMNS, data=_wandb_cells(self._val_rows), step=step
+            )
+        rows = metric_rows(trainer.callback_metrics, step)
+        if rows:
+            logger.log_table(METRICS_KEY, columns=METRIC_COLUMNS, data=rows, step=step)
+        self._val_rows = []
