@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from samr1.modules.grpo import group_advantages, k3_kl, policy_loss
+from samr1.modules.grpo import aggregation_units, group_advantages, k3_kl, policy_loss
 
 REWARDS = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
 
@@ -100,3 +100,22 @@ def test_gradient_flows_only_through_unclipped_masked_tokens():
     # Clipped tokens (0,1) and (1,1) and the masked token (1,2) get no gradient; d(-ratio*A)/dlogp = -ratio*A/5.
     expected = torch.tensor([[-1.0 / 5, 0.0, -math.exp(-1.0) / 5], [2.0 / 5, 0.0, 0.0]])
     torch.testing.assert_close(logp.grad, expected)
+
+
+@pytest.mark.parametrize("aggregation", ["token", "sequence", "fixed"])
+def test_weighted_micro_batches_equal_one_pass(aggregation):
+    # The trainer accumulates micro-batch losses weighted by aggregation_units; the gradient must be the same.
+    g = torch.Generator().manual_seed(0)
+    logp = torch.randn(6, 5, generator=g).requires_grad_(True)
+    old = logp.detach() + 0.1 * torch.randn(6, 5, generator=g)
+    adv = torch.randn(6, generator=g)
+    mask = (torch.rand(6, 5, generator=g) > 0.3).long()
+    full, _ = policy_loss(logp, old, adv, mask, aggregation=aggregation)
+    (full_grad,) = torch.autograd.grad(full, logp)
+    total = aggregation_units(mask, aggregation)
+    accumulated = torch.zeros_like(logp)
+    for rows in (slice(0, 2), slice(2, 5), slice(5, 6)):
+        part, _ = policy_loss(logp[rows], old[rows], adv[rows], mask[rows], aggregation=aggregation)
+        (grad,) = torch.autograd.grad(part * aggregation_units(mask[rows], aggregation) / total, logp)
+        accumulated += grad
+    torch.testing.assert_close(accumulated, full_grad)

@@ -207,3 +207,14 @@ def _synced_total(count: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(total)
     return total
+
+
+def summary_table(results: dict[str, float], n: int) -> str:
+    """A plain-text table of the evaluation results (fractions shown as percentages)."""
+    lines = [f"{'metric':<28}{'value':>10}", "-" * 38, f"{'samples':<28}{n:>10d}"]
+    for key, value in results.items():
+        shown = f"{value:10.0f}" if key.endswith("/count") else f"{100 * value:9.2f}%"
+        if key.startswith("reward/"):
+            shown = f"{value:10.4f}"
+        lines.append(f"{key:<28}{shown}")
+    return "\n".join(lines)

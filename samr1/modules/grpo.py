@@ -71,6 +71,15 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, aggregation: LossAggrega
     raise ValueError(f"unknown aggregation {aggregation!r}; use 'token', 'sequence' or 'fixed'")
 
 
+def aggregation_units(mask: torch.Tensor, aggregation: LossAggregation) -> float:
+    """What `aggregate` divides a batch's summed loss by, up to a constant T: its masked tokens ("token")
+    or its sequences ("sequence", "fixed"). Weighting micro-batch losses by their share of these units makes
+    gradient accumulation equal one pass over the whole mini-batch."""
+    if aggregation == "token":
+        return float(mask.sum().clamp(min=1.0))
+    return float(mask.shape[0])
+
+
 def policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

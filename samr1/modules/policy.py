@@ -15,15 +15,23 @@ from typing import Literal
 import lightning as L
 import torch
 
-from samr1.modules.evaluation import Evaluator, SampleResult, evaluate_sample
+from samr1.modules.evaluation import Evaluator, SampleResult, evaluate_sample, summary_table
 from samr1.modules.export import add_lora, is_peft, save_pretrained
 from samr1.modules.forward import image_features
-from samr1.modules.grpo import AdvantageScale, LossAggregation, aggregate, group_advantages, policy_loss
+from samr1.modules.grpo import (
+    AdvantageScale,
+    LossAggregation,
+    aggregate,
+    aggregation_units,
+    group_advantages,
+    policy_loss,
+)
 from samr1.modules.loading import check_model_path, load_policy, load_processor, special_token_ids
 from samr1.modules.logprobs import completion_logprobs
 from samr1.modules.prompting import DEFAULT_PROMPT, PromptBatch, PromptBuilder
 from samr1.modules.reference import AdapterDisabledReference, ReferenceModel
 from samr1.modules.rollout import Rollouts, generate_rollouts
+from samr1.modules.schedule import lr_factor
 from samr1.modules.scoring import reward_statistics, score_completions
 from samr1.modules.sharding import check_strategy, shard_policy
 from samr1.rewards.base import Reward, RewardContext
@@ -363,12 +371,13 @@ class GRPOModule(L.LightningModule):
             for start in range(0, n, mb_size):
                 rows = torch.arange(start, min(start + mb_size, n), device=self.device)
                 optimizer.zero_grad()
-                normaliser = _normaliser(mask[rows], hp.aggregation)
+                normaliser = aggregation_units(mask[rows], hp.aggregation)
                 for micro in rows.split(hp.micro_batch_size):
                     loss, metrics, tokens = self._micro_loss(
                         prompts, rollouts, micro, advantages, old_logprobs, ref_logprobs, features
                     )
-                    weight = _micro_weight(mask[micro], hp.aggregation) / normaliser
+                    # Each micro-batch loss is normalised over itself; weight it by its share of the mini-batch.
+                    weight = aggregation_units(mask[micro], hp.aggregation) / normaliser
                     self.manual_backward(loss * weight)
                     for key, value in metrics.items():
                         sums[key] = sums.get(key, 0.0) + value * tokens
@@ -477,17 +486,6 @@ class GRPOModule(L.LightningModule):
         return results
 
 
-def summary_table(results: dict[str, float], n: int) -> str:
-    """A plain-text table of the evaluation results (fractions shown as percentages)."""
-    lines = [f"{'metric':<28}{'value':>10}", "-" * 38, f"{'samples':<28}{n:>10d}"]
-    for key, value in results.items():
-        shown = f"{value:10.0f}" if key.endswith("/count") else f"{100 * value:9.2f}%"
-        if key.startswith("reward/"):
-            shown = f"{value:10.4f}"
-        lines.append(f"{key:<28}{shown}")
-    return "\n".join(lines)
-
-
 @contextmanager
 def out_of_memory_hint(phase: str, prompts: int, group_size: int, lower: str):
     """Re-raise an out-of-memory error saying which phase ran out, at what batch and G, and what to lower."""
@@ -498,30 +496,6 @@ def out_of_memory_hint(phase: str, prompts: int, group_size: int, lower: str):
             f"out of memory during {phase} with {prompts} prompts x G={group_size} completions; lower {lower} "
             f"(or use LoRA / configs/strategy/fsdp.yaml). Original error: {err}"
         ) from err
-
-
-def _normaliser(mask: torch.Tensor, aggregation: str) -> float:
-    """What the whole mini-batch's loss is divided by, in the units `_micro_weight` uses."""
-    return float(mask.sum().clamp(min=1.0)) if aggregation == "token" else float(mask.shape[0])
-
-
-def _micro_weight(mask: torch.Tensor, aggregation: str) -> float:
-    """A micro-batch's loss is normalised over itself; weight it by its share of the mini-batch."""
-    return float(mask.sum().clamp(min=1.0)) if aggregation == "token" else float(mask.shape[0])
-
-
-def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
-    """Learning-rate multiplier: linear warm-up, then constant, cosine or linear decay to 0 at `total`."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    if schedule == "linear":
-        return 1.0 - progress
-    raise ValueError(f"unknown lr_schedule {schedule!r}")
 
 
 def _default_rewards() -> list[Reward]:
