@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from samr1.modules.prompting import PromptBatch
 
@@ -36,11 +37,47 @@ def cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return list(zip(cache.key_cache, cache.value_cache))
 
 
-def make_cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+def make_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], reserve: int = 0) -> DynamicCache:
+    """A cache holding `layers`; `reserve` > 0 leaves room to append that many positions without copying."""
     cache = DynamicCache()
+    if reserve > 0:
+        cache.layers = [ReservedLayer(k, v, reserve) for k, v in layers]
+        return cache
     for i, (k, v) in enumerate(layers):
         cache.update(k, v, i)
     return cache
+
+
+class ReservedLayer(DynamicLayer):
+    """A `DynamicLayer` whose storage has room for `reserve` more positions.
+
+    `DynamicLayer` concatenates on every update, copying the whole cache (G copies of a ~1,000-token image
+    prompt) for each decoded token: quadratic in the completion length. Here a token is written in place and the
+    layer's keys/values are views of the filled part. Without gradients only: under autograd, or once the room
+    is used up, it falls back to concatenation.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, reserve: int) -> None:
+        super().__init__()
+        n, heads, length = keys.shape[:3]
+        self._keys = keys.new_empty(n, heads, length + reserve, keys.shape[-1])
+        self._values = values.new_empty(n, values.shape[1], length + reserve, values.shape[-1])
+        self._keys[:, :, :length] = keys
+        self._values[:, :, :length] = values
+        self._length = length
+        self.keys, self.values = self._keys[:, :, :length], self._values[:, :, :length]
+        self.device, self.is_initialized = keys.device, True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self._length + key_states.shape[-2]
+        if self._keys is None or end > self._keys.shape[-2] or torch.is_grad_enabled():
+            self._keys = self._values = None  # from now on a plain DynamicLayer
+            return super().update(key_states, value_states, *args, **kwargs)
+        self._keys[:, :, self._length : end] = key_states
+        self._values[:, :, self._length : end] = value_states
+        self._length = end
+        self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
+        return self.keys, self.values
 
 
 def image_features(model, batch: PromptBatch, prompts: list[int] | None = None) -> list[torch.Tensor]:
@@ -90,11 +127,14 @@ class DecodeState:
     next_position: torch.Tensor  # [n]
     last_hidden: torch.Tensor  # [n, hidden]: the state that predicts the next token
 
-    def select(self, rows: torch.Tensor) -> DecodeState:
-        """A new state holding `rows` (repeats allowed); differentiable through the cache."""
+    def select(self, rows: torch.Tensor, reserve: int = 0) -> DecodeState:
+        """A new state holding `rows` (repeats allowed); differentiable through the cache.
+
+        `reserve`: room for that many more positions, so decoding them (without gradients) copies nothing.
+        """
         layers = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in cache_layers(self.cache)]
         return DecodeState(
-            cache=make_cache(layers),
+            cache=make_cache(layers, reserve),
             attention_mask=self.attention_mask.index_select(0, rows),
             next_position=self.next_position.index_select(0, rows),
             last_hidden=self.last_hidden.index_select(0, rows),

@@ -27,7 +27,11 @@ def _chunk_logprobs(
 
 
 def token_logprobs(
-    hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor, temperature: float = 1.0, chunk: int = 64
+    hidden: torch.Tensor,
+    lm_head: torch.nn.Module,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    chunk: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(targets) and entropy per position from `hidden` [n, T, H]; memory bounded by `chunk` positions."""
     logps, ents = [], []

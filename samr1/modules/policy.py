@@ -252,7 +252,7 @@ class GRPOModule(L.LightningModule):
         return self.prompt_builder(samples).to(self.device)
 
     def rollout(
-        self, batch: PromptBatch, group_size: int, temperature: float, max_new_tokens: int
+        self, batch: PromptBatch, group_size: int, temperature: float, max_new_tokens: int, features=None
     ) -> Rollouts:
         return generate_rollouts(
             self.policy,
@@ -266,6 +266,7 @@ class GRPOModule(L.LightningModule):
             temperature=temperature,
             top_p=self.hparams.top_p,
             generator=self.generator,
+            features=features,
         )
 
     def training_step(self, batch: list[SegSample], batch_idx: int) -> None:
@@ -273,8 +274,12 @@ class GRPOModule(L.LightningModule):
         timings: dict[str, float] = {}
         tic = time.perf_counter()
         prompts = self.prompts(batch)
+        features = None
+        if hp.freeze_vision:  # the vision tower cannot change: encode each image once for every pass
+            with torch.no_grad():
+                features = image_features(self.policy, prompts)
         with out_of_memory_hint("generation", len(batch), hp.group_size, "max_new_tokens or data.batch_size"):
-            rollouts = self.rollout(prompts, hp.group_size, hp.temperature, hp.max_new_tokens)
+            rollouts = self.rollout(prompts, hp.group_size, hp.temperature, hp.max_new_tokens, features)
         timings["generation"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
@@ -284,10 +289,6 @@ class GRPOModule(L.LightningModule):
         timings["reward"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
-        features = None
-        if hp.freeze_vision:  # the vision tower cannot change: encode each image once for every pass
-            with torch.no_grad():
-                features = image_features(self.policy, prompts)
         old_logprobs = ref_logprobs = None
         if self._needs_old_logprobs(len(rollouts)):
             with torch.no_grad():
@@ -300,8 +301,9 @@ class GRPOModule(L.LightningModule):
                     features=features,
                 )
         if "reference" in self._frozen:
+            # A frozen vision tower is the initial one: the reference reuses the policy's image features.
             ref_logprobs = self._frozen["reference"].logprobs(
-                prompts, rollouts.completion_ids, rollouts.prompt_index, self._logprob_temperature()
+                prompts, rollouts.completion_ids, rollouts.prompt_index, self._logprob_temperature(), features
             )
         timings["logprobs"] = time.perf_counter() - tic
 

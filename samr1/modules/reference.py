@@ -28,10 +28,10 @@ class ReferenceModel(nn.Module):
 
     @torch.no_grad()
     def logprobs(
-        self, batch: PromptBatch, completion_ids, prompt_index, temperature: float = 1.0
+        self, batch: PromptBatch, completion_ids, prompt_index, temperature: float = 1.0, features=None
     ) -> torch.Tensor:
         logp, _ = completion_logprobs(
-            self.model, batch, completion_ids, prompt_index, temperature=temperature
+            self.model, batch, completion_ids, prompt_index, temperature=temperature, features=features
         )
         return logp
 
@@ -47,11 +47,11 @@ class AdapterDisabledReference:
 
     @torch.no_grad()
     def logprobs(
-        self, batch: PromptBatch, completion_ids, prompt_index, temperature: float = 1.0
+        self, batch: PromptBatch, completion_ids, prompt_index, temperature: float = 1.0, features=None
     ) -> torch.Tensor:
         policy = self._policy()
         with policy.disable_adapter():
             logp, _ = completion_logprobs(
-                policy, batch, completion_ids, prompt_index, temperature=temperature
+                policy, batch, completion_ids, prompt_index, temperature=temperature, features=features
             )
         return logp

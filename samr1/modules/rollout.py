@@ -69,17 +69,19 @@ def generate_rollouts(
     temperature: float = 1.0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    features: list[torch.Tensor] | None = None,
 ) -> Rollouts:
     """Prefill each prompt once, copy its cache to its `group_size` continuations, and decode them together.
 
     `banned_token_ids` (vision special tokens, ids past the tokenizer) can never be sampled. Decoding stops
-    when every sequence has produced an EOS or after `max_new_tokens`.
+    when every sequence has produced an EOS or after `max_new_tokens`. `features` reuses precomputed
+    `image_features` (a frozen vision tower: encode each image once per step for every pass).
     """
     _, _, lm_head = model_parts(model)
     device = batch.input_ids.device
-    state = prefill(model, batch)
+    state = prefill(model, batch, features=features)
     rows = torch.arange(len(batch), device=device).repeat_interleave(group_size)
-    state = state.select(rows)
+    state = state.select(rows, reserve=max_new_tokens)
     n = rows.numel()
     banned = torch.as_tensor(list(banned_token_ids), dtype=torch.long, device=device)
     eos = torch.as_tensor(eos_token_ids, dtype=torch.long, device=device)
@@ -103,5 +105,7 @@ def generate_rollouts(
     after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
     mask = (~after_eos).long()
     truncated = ~is_eos.any(dim=1)
-    texts = tokenizer.batch_decode(ids.masked_fill(after_eos | is_eos, pad_token_id), skip_special_tokens=True)
+    texts = tokenizer.batch_decode(
+        ids.masked_fill(after_eos | is_eos, pad_token_id), skip_special_tokens=True
+    )
     return Rollouts(ids, mask, texts, rows, truncated, group_size)

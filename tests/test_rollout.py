@@ -1,0 +1,73 @@
+"""Generation: vision special tokens are never sampled; masks and truncation follow the first EOS."""
+
+from __future__ import annotations
+
+import torch
+
+from samr1.datamodules.synthetic import make_shapes_sample
+from samr1.modules.loading import load_policy, load_processor, special_token_ids
+from samr1.modules.prompting import PromptBuilder
+from samr1.modules.rollout import generate_rollouts
+
+
+def _setup(tiny_checkpoints):
+    model = load_policy(tiny_checkpoints["policy"]).eval()
+    processor = load_processor(tiny_checkpoints["policy"])
+    samples = [make_shapes_sample(i, "test", 0, 56, 2, 3) for i in range(2)]
+    return model, processor, PromptBuilder(processor, image_size=(56, 56))(samples)
+
+
+def test_special_ids_ban_vision_tokens_and_padding_ids(tiny_checkpoints):
+    model, processor, _ = _setup(tiny_checkpoints)
+    vocab = processor.tokenizer.get_vocab()
+    vocab_size = len(processor.tokenizer) + 5  # real checkpoints pad the embedding past the tokenizer
+    eos, banned = special_token_ids(processor.tokenizer, vocab_size)
+    assert eos[:2] == [vocab["<|im_end|>"], vocab["<|endoftext|>"]]
+    for token in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>"):
+        assert vocab[token] in banned
+    assert set(range(len(processor.tokenizer), vocab_size)) <= set(banned)
+
+
+def test_banned_tokens_are_never_sampled_even_when_likely(tiny_checkpoints):
+    model, processor, batch = _setup(tiny_checkpoints)
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    with torch.no_grad():  # make <|image_pad|> the overwhelmingly likely next token
+        model.lm_head.weight[image_pad] *= 0
+        model.lm_head.weight[image_pad] += 50 * model.lm_head.weight.abs().max()
+    _, banned = special_token_ids(processor.tokenizer, model.lm_head.weight.shape[0])
+    rollouts = generate_rollouts(
+        model,
+        batch,
+        processor.tokenizer,
+        group_size=4,
+        max_new_tokens=12,
+        eos_token_ids=[],
+        pad_token_id=processor.tokenizer.pad_token_id,
+        banned_token_ids=banned,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert not torch.isin(rollouts.completion_ids, torch.tensor(banned)).any()
+    assert rollouts.truncated.all() and rollouts.completion_mask.all()
+
+
+def test_mask_covers_up_to_the_first_eos(tiny_checkpoints):
+    model, processor, batch = _setup(tiny_checkpoints)
+    tok = processor.tokenizer
+    rollouts = generate_rollouts(
+        model,
+        batch,
+        tok,
+        group_size=8,
+        max_new_tokens=40,
+        eos_token_ids=[tok.convert_tokens_to_ids("a")],
+        pad_token_id=tok.pad_token_id,
+        generator=torch.Generator().manual_seed(1),
+    )
+    eos = tok.convert_tokens_to_ids("a")
+    for ids, mask, truncated in zip(rollouts.completion_ids, rollouts.completion_mask, rollouts.truncated):
+        hits = (ids == eos).nonzero().flatten()
+        if truncated:
+            assert hits.numel() == 0 and mask.all()
+        else:
+            first = int(hits[0])
+            assert mask[: first + 1].all() and not mask[first + 1 :].any()
