@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
+from samr1.dtypes import resolve_dtype
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -35,12 +34,6 @@ def check_model_path(model_path: str) -> None:
             f"model_path {model_path!r} is not a directory and not in the local Hugging Face cache (offline mode); "
             "download it where there is network and point model_path at the directory"
         )
-
-
-def resolve_dtype(dtype: str) -> torch.dtype:
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-    return DTYPES[dtype]
 
 
 def load_policy(model_path: str, dtype: str = "float32", attn_implementation: str = "sdpa"):

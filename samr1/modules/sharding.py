@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from samr1.modules.loading import resolve_dtype
+from samr1.dtypes import resolve_dtype
 
 
 def check_strategy(trainer) -> None:

@@ -16,29 +16,9 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from samr1.dtypes import resolve_dtype
+from samr1.sam.base import PromptSegmenter, as_rgb_uint8  # noqa: F401 (re-exported)
 from samr1.sam.cache import EmbeddingCache
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """'float32' / 'bfloat16' / 'float16' (or a torch dtype) -> torch dtype; None means float32."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).removeprefix("torch.")
-    aliases = {
-        "bf16": "bfloat16",
-        "fp16": "float16",
-        "half": "float16",
-        "fp32": "float32",
-        "float": "float32",
-    }
-    name = aliases.get(name, name)
-    if name not in _DTYPES:
-        raise ValueError(f"unsupported SAM dtype {dtype!r}; choose one of {sorted(_DTYPES)}")
-    return _DTYPES[name]
 
 
 @dataclass
@@ -50,7 +30,7 @@ class SamEmbedding:
     input_size: tuple[int, int]  # (H, W) after the longest-side resize, before padding
 
 
-class SamPromptSegmenter:
+class SamPromptSegmenter(PromptSegmenter):
     """Prompted segmentation with a frozen segment-anything model (public contract).
 
     `predict(image, boxes, points, point_labels, multimask)`: `image` H x W x 3 uint8 RGB (numpy or PIL);
@@ -89,24 +69,7 @@ class SamPromptSegmenter:
     def device(self) -> torch.device:
         return self.sam.device
 
-    def predict(
-        self,
-        image: Any,
-        boxes: Any = None,
-        points: Any = None,
-        point_labels: Any = None,
-        multimask: bool = False,
-        key: Any = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Encode `image` once (or take it from the cache under `key`) and decode all K prompts in one batch."""
-        return self.decode(self.embed(image, key=key), boxes, points, point_labels, multimask)
-
-    @torch.inference_mode()
-    def embed(self, image: Any, key: Any = None) -> SamEmbedding:
-        image = as_rgb_uint8(image)
-        cached = self.cache.get(key)
-        if cached is not None and cached.original_size == image.shape[:2]:
-            return cached
+    def encode(self, image: np.ndarray) -> SamEmbedding:
         if self.sam.image_format != "RGB":
             image = image[..., ::-1]
         # The same steps as SamPredictor.set_image / set_torch_image.
@@ -114,9 +77,7 @@ class SamPromptSegmenter:
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None, :, :, :]
         x = self.sam.preprocess(x)
         features = self.sam.image_encoder(x.to(self.dtype)).float()
-        embedding = SamEmbedding(features, tuple(image.shape[:2]), tuple(resized.shape[:2]))
-        self.cache.put(key, embedding)
-        return embedding
+        return SamEmbedding(features, tuple(image.shape[:2]), tuple(resized.shape[:2]))
 
     @torch.inference_mode()
     def decode(
@@ -168,24 +129,6 @@ class SamPromptSegmenter:
             ]
         )
         return masks[:, 0].cpu().numpy(), scores.float().cpu().numpy()
-
-
-def as_rgb_uint8(image: Any) -> np.ndarray:
-    """numpy H x W x 3 uint8 from a numpy array, tensor or PIL image (grey or RGBA converted)."""
-    if hasattr(image, "convert") and not isinstance(image, np.ndarray):  # PIL
-        image = image.convert("RGB")
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"expected an H x W x 3 RGB image, got shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    image = np.ascontiguousarray(image[:, :, :3])
-    # np.asarray(PIL image) is read-only, which torch.from_numpy warns about downstream.
-    return image if image.flags.writeable else image.copy()
 
 
 def check_prompts(boxes: Any, points: Any, point_labels: Any) -> tuple[Any, Any, Any]:

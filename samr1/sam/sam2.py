@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from samr1.dtypes import resolve_dtype
+from samr1.sam.base import PromptSegmenter
 from samr1.sam.cache import EmbeddingCache
-from samr1.sam.predictor import as_rgb_uint8, check_prompts, resolve_dtype
+from samr1.sam.predictor import check_prompts
 
 
 @dataclass
@@ -24,7 +26,7 @@ class Sam2Embedding:
     original_size: tuple[int, int]  # (H, W)
 
 
-class Sam2PromptSegmenter:
+class Sam2PromptSegmenter(PromptSegmenter):
     """`predict(image, boxes, points, point_labels, multimask) -> (masks, scores)` with a frozen `Sam2Model`.
 
     Same conventions as `SamPromptSegmenter`: original pixels in, numpy bool masks [K, H, W] and float32
@@ -65,28 +67,10 @@ class Sam2PromptSegmenter:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def predict(
-        self,
-        image: Any,
-        boxes: Any = None,
-        points: Any = None,
-        point_labels: Any = None,
-        multimask: bool = False,
-        key: Any = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        return self.decode(self.embed(image, key=key), boxes, points, point_labels, multimask)
-
-    @torch.inference_mode()
-    def embed(self, image: Any, key: Any = None) -> Sam2Embedding:
-        image = as_rgb_uint8(image)
-        cached = self.cache.get(key)
-        if cached is not None and cached.original_size == image.shape[:2]:
-            return cached
+    def encode(self, image: np.ndarray) -> Sam2Embedding:
         inputs = self.processor(images=image, return_tensors="pt")
         pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
-        embedding = Sam2Embedding(list(self.model.get_image_embeddings(pixel_values)), tuple(image.shape[:2]))
-        self.cache.put(key, embedding)
-        return embedding
+        return Sam2Embedding(list(self.model.get_image_embeddings(pixel_values)), tuple(image.shape[:2]))
 
     @torch.inference_mode()
     def decode(
