@@ -355,3 +355,16 @@ def test_default_names():
         "mask_iou",
     ]
     assert BoxIoUReward(name="iou50", weight=2.0).name == "iou50"
+
+
+def test_mask_iou_reward_unites_objects_of_a_list_answer_when_asked():
+    s = _mask_sample()  # target: the 10 x 10 square at the top left, ignore region as in the tiers test
+    two = '<think>x</think><answer>[{"bbox": [0, 0, 10, 5]}, {"bbox": [0, 5, 10, 10]}]</answer>'
+    single = MaskIoUReward(prompt="box", mapping="continuous")
+    single.setup(RewardContext(segmenter=BoxFillSegmenter()))
+    united = MaskIoUReward(prompt="box", mapping="continuous", multi_object=True)
+    seg = BoxFillSegmenter()
+    united.setup(RewardContext(segmenter=seg))
+    assert values(single, [two], [s]) == pytest.approx([0.5])  # the first object only
+    assert values(united, [two], [s]) == pytest.approx([1.0])  # both halves together
+    assert len(seg.embeds) == 1 and seg.decodes == [(2, True, 0, False)]  # both objects in one batch

@@ -52,7 +52,8 @@ class MaskIoUReward(Reward):
     a sample without a mask). `multimask`: keep SAM's best-scoring of three masks instead of its single mask.
     `mapping`: `tiered` (value of the highest tier with IoU > threshold, else 0), `continuous` (the IoU) or
     `threshold` (1 if IoU > `threshold`). Raw IoUs go to `details["iou"]`; the masks of the last call stay in
-    `last_masks` (one bool H x W array, or None, per completion) for dashboards.
+    `last_masks` (one bool H x W array, or None, per completion) for dashboards. `multi_object`: a list answer
+    prompts SAM once per object and the union of the masks is scored (SocioSeg); otherwise the first object.
     """
 
     def __init__(
@@ -64,8 +65,10 @@ class MaskIoUReward(Reward):
         mapping: Literal["tiered", "continuous", "threshold"] = "tiered",
         tiers: tuple[tuple[float, float], ...] = SAMR1_TIERS,
         threshold: float = 0.5,
+        multi_object: bool = False,
     ):
         super().__init__(weight=weight, name=name or "mask_iou")
+        self.multi_object = bool(multi_object)
         if prompt not in ("box", "points", "box+points"):
             raise ValueError(f"prompt must be 'box', 'points' or 'box+points', got {prompt!r}")
         if mapping not in ("tiered", "continuous", "threshold"):
@@ -133,12 +136,17 @@ class MaskIoUReward(Reward):
         for i in indices:
             if samples[i].mask is None:
                 continue
-            box, points = self._prompt(parse_answer(completions[i]), samples[i])
-            if box is None and points is None:
-                continue
-            layouts.setdefault((box is not None, 0 if points is None else len(points)), []).append(
-                (i, box, points)
+            answer = parse_answer(completions[i])
+            objects = (
+                answer.objects if self.multi_object and answer is not None and answer.objects else [answer]
             )
+            for obj in objects:
+                box, points = self._prompt(obj, samples[i])
+                if box is None and points is None:
+                    continue
+                layouts.setdefault((box is not None, 0 if points is None else len(points)), []).append(
+                    (i, box, points)
+                )
         if not layouts:
             return
         sample = samples[next(iter(layouts.values()))[0][0]]  # one that has a mask
@@ -162,8 +170,10 @@ class MaskIoUReward(Reward):
             out_masks = _numpy(out_masks).astype(bool, copy=False)
             out_scores = _numpy(out_scores).astype(np.float32, copy=False).reshape(-1)
             for k, (i, _, _) in enumerate(entries):
-                masks[i] = out_masks[k]
-                sam_scores[i] = out_scores[k]
+                # Several objects of one answer: their masks unite; the score is the first object's.
+                masks[i] = out_masks[k] if masks[i] is None else masks[i] | out_masks[k]
+                if np.isnan(sam_scores[i]):
+                    sam_scores[i] = out_scores[k]
 
 
 def image_key(sample: SegSample) -> tuple[str, str]:
