@@ -16,17 +16,12 @@ import yaml
 from PIL import Image
 
 from samr1.datamodules import SampleError, SocioSegDataModule, SocioSegDataset
+from samr1.datamodules.masks import component_boxes
 from samr1.datamodules.socioseg import level_from_id, normalise_level, read_levels_csv
 from samr1.modules.evaluation import evaluate_sample
 from samr1.rewards import MultiObjectMatchReward
 from samr1.rewards.box import box_iou
-from samr1.rewards.multi_object import (
-    box_iou_matrix,
-    box_l1_matrix,
-    component_boxes,
-    hungarian_match,
-    match_reward,
-)
+from samr1.rewards.multi_object import box_iou_matrix, box_l1_matrix, hungarian_match, match_reward
 from samr1.sample import CoordTransform, SegSample
 
 SAT_SIZE, MAP_SIZE = (100, 80), (60, 50)  # (width, height); the map differs on purpose

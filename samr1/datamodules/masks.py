@@ -145,3 +145,18 @@ def inscribed_circle_points(target: np.ndarray, count: int = 2) -> list[tuple[fl
         radius = float(distance[row, col])
         remaining &= (rows - row) ** 2 + (cols - col) ** 2 >= radius**2
     return points
+
+
+def component_boxes(target: np.ndarray, min_area: int = 1) -> list[tuple[float, float, float, float]]:
+    """Tight pixel-edge boxes (x1, y1, x2, y2) of the 8-connected components of the True pixels with at least
+    `min_area` pixels, sorted by (y1, x1, y2, x2). An empty mask gives []."""
+    binary = np.ascontiguousarray(np.asarray(target, dtype=bool), dtype=np.uint8)
+    if binary.ndim != 2:
+        raise ValueError(f"expected an H x W mask, got shape {binary.shape}")
+    count, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    boxes = []
+    for label in range(1, count):  # label 0 is the background
+        x, y, w, h, area = (int(v) for v in stats[label])
+        if area >= min_area:
+            boxes.append((float(x), float(y), float(x + w), float(y + h)))
+    return sorted(boxes, key=lambda b: (b[1], b[0], b[3], b[2]))

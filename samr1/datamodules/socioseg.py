@@ -32,8 +32,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from samr1.datamodules.base import BadSampleLog, OnError, SegDataModule, image_size, report_bad, require_path
-from samr1.datamodules.masks import inscribed_circle_points, tight_box
-from samr1.rewards.multi_object import component_boxes
+from samr1.datamodules.masks import component_boxes, inscribed_circle_points, tight_box
 from samr1.sample import SegSample
 
 log = logging.getLogger(__name__)

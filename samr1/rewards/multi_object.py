@@ -31,11 +31,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import cv2
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from samr1.datamodules.masks import component_boxes
 from samr1.rewards.base import Reward
 from samr1.rewards.box import to_model
 from samr1.rewards.parsing import parse_answer
@@ -43,21 +43,6 @@ from samr1.sample import SegSample
 
 Criterion = Literal["sum", "both"]
 BoxLike = Sequence[float]
-
-
-def component_boxes(target: np.ndarray, min_area: int = 1) -> list[tuple[float, float, float, float]]:
-    """Tight pixel-edge boxes (x1, y1, x2, y2) of the 8-connected components of the True pixels with at least
-    `min_area` pixels, sorted by (y1, x1, y2, x2). An empty mask gives []."""
-    binary = np.ascontiguousarray(np.asarray(target, dtype=bool), dtype=np.uint8)
-    if binary.ndim != 2:
-        raise ValueError(f"expected an H x W mask, got shape {binary.shape}")
-    count, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    boxes = []
-    for label in range(1, count):  # label 0 is the background
-        x, y, w, h, area = (int(v) for v in stats[label])
-        if area >= min_area:
-            boxes.append((float(x), float(y), float(x + w), float(y + h)))
-    return sorted(boxes, key=lambda b: (b[1], b[0], b[3], b[2]))
 
 
 def _as_boxes(boxes: Sequence[BoxLike] | np.ndarray) -> np.ndarray:
