@@ -50,3 +50,29 @@ def test_two_process_ddp_matches_one_process(tmp_path, warm_checkpoints):
         return sorted((json.loads(line) for line in lines), key=lambda r: r["id"])
 
     assert rows("one") == rows("two")
+
+
+def test_two_process_ddp_training_keeps_replicas_identical(tmp_path, warm_checkpoints):
+    # Every rank samples its own completions; the averaged gradients must keep the policies equal.
+    config = _config(tmp_path, warm_checkpoints, "fit")
+    cmd = [
+        sys.executable,
+        "-m",
+        "samr1.cli",
+        "fit",
+        "--config",
+        config,
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--trainer.max_steps=4",
+        "--trainer.limit_val_batches=0",
+        "--trainer.callbacks+=toy_rewards.ParameterChecksum",
+        f"--trainer.callbacks.out_dir={tmp_path}",
+    ]
+    tests_dir = os.path.dirname(__file__)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": tests_dir}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    start, end0, end1 = ((tmp_path / name).read_text() for name in ("start0.txt", "end0.txt", "end1.txt"))
+    assert end0 == end1
+    assert end0 != start, "the policy did not change, so the check above proves nothing"

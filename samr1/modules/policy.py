@@ -131,9 +131,8 @@ class GRPOModule(L.LightningModule):
         self.processor = None
         self.prompt_builder: PromptBuilder | None = None
         self.segmenter = None
-        self._frozen: dict[
-            str, ReferenceModel | AdapterDisabledReference
-        ] = {}  # kept out of state_dict and DDP on purpose
+        # The reference is kept out of state_dict and out of DDP's wrapping on purpose.
+        self._frozen: dict[str, ReferenceModel | AdapterDisabledReference] = {}
         self.evaluator = Evaluator([r.name for r in self.rewards], tuple(eval_groups), eval_multi_object)
         self.generator: torch.Generator | None = None
         self._restored_generator_state: torch.Tensor | None = None
@@ -235,17 +234,14 @@ class GRPOModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _total_optimizer_steps(self) -> int:
+        """Optimiser steps of the whole run, for decaying schedules: max_steps, else batches x steps per batch."""
         if self.trainer.max_steps and self.trainer.max_steps > 0:
             return self.trainer.max_steps
-        per_batch = (
-            self.hparams.num_iterations
-            * math.ceil(
-                self.trainer.datamodule.batch_size * self.hparams.group_size / self._mini_batch_size(None)
-            )
-            if self.trainer.datamodule is not None
-            else 1
-        )
-        return max(1, int(self.trainer.estimated_stepping_batches) * per_batch)
+        hp = self.hparams
+        mini_batches = 1
+        if hp.mini_batch_size is not None and self.trainer.datamodule is not None:
+            mini_batches = math.ceil(self.trainer.datamodule.batch_size * hp.group_size / hp.mini_batch_size)
+        return max(1, int(self.trainer.estimated_stepping_batches) * hp.num_iterations * mini_batches)
 
     # ---------------------------------------------------------------- training
     def prompts(self, samples: list[SegSample]) -> PromptBatch:
@@ -333,9 +329,8 @@ class GRPOModule(L.LightningModule):
         )
         for reward in self.rewards:
             for key, value in reward.details.items():
-                stats[f"reward/{reward.name}_{key}"] = (
-                    value.float().nanmean().item()
-                )  # NaN: nothing to measure
+                # NaN marks a completion with nothing to measure (e.g. no box): leave it out of the mean.
+                stats[f"reward/{reward.name}_{key}"] = value.float().nanmean().item()
         self._log_train(stats)
         self.last_rollout = (prompts, rollouts, total, per_reward)
 
