@@ -18,9 +18,14 @@ from transformers.cache_utils import DynamicLayer
 from samr1.modules.prompting import PromptBatch
 
 
+def unwrap(model):
+    """The Qwen2.5-VL `ForConditionalGeneration` inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def model_parts(model) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
     """(vision tower, text decoder, lm_head) of a Qwen2.5-VL model, also when wrapped by PEFT."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     inner = base.model
     return inner.visual, inner.language_model, base.lm_head
 
@@ -108,7 +113,7 @@ def image_features(model, batch: PromptBatch, prompts: list[int] | None = None) 
 
 def rope_positions(model, input_ids, attention_mask, image_grid_thw) -> torch.Tensor:
     """Qwen2.5-VL's 3-D rotary positions [3, B, L] for left-padded prompts with images."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     mm = base.model
     kwargs = dict(image_grid_thw=image_grid_thw, attention_mask=attention_mask)
     if "mm_token_type_ids" in inspect.signature(mm.get_rope_index).parameters:
@@ -192,7 +197,7 @@ def feed(model, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def _image_token_id(model) -> int:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     return base.config.image_token_id
 
 

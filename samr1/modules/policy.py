@@ -339,11 +339,10 @@ class GRPOModule(L.LightningModule):
         for key, value in stats.items():
             self.log(f"train/{key}", value, on_step=True, prog_bar=key in bar, batch_size=1)
 
-    def _mini_batch_size(self, n: int | None) -> int:
+    def _mini_batch_size(self, n: int) -> int:
+        """Completions per optimiser step out of a rollout batch of `n` (all of them by default)."""
         mb = self.hparams.mini_batch_size
-        if mb is None:
-            return n if n is not None else self.hparams.group_size
-        return mb if n is None else min(mb, n)
+        return n if mb is None else min(mb, n)
 
     def _needs_old_logprobs(self, n: int) -> bool:
         # With one pass and one mini-batch the policy has not moved: old == current, detached.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from samr1.dtypes import resolve_dtype
+from samr1.modules.forward import unwrap
 
 
 def check_strategy(trainer) -> None:
@@ -35,7 +36,7 @@ def shard_policy(model, device_mesh, dtype: str = "bfloat16", activation_checkpo
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     mesh = (
         device_mesh["data_parallel"] if "data_parallel" in (device_mesh.mesh_dim_names or ()) else device_mesh
     )
