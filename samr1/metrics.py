@@ -20,44 +20,11 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from samr1.rewards.box import box_iou
+from samr1.geometry import as_numpy, box_iou, intersection_union, sample_iou  # noqa: F401 (re-exported)
 
 IOU_SCALE = 2**40  # fixed-point unit of the summed per-sample IoUs (int64 holds 8 million samples' worth)
 
 REASONSEG_GROUPS = ("short", "long")
-
-
-def _numpy(array: Any) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        return array.detach().cpu().numpy()
-    return np.asarray(array)
-
-
-def intersection_union(pred: Any, target: Any) -> tuple[int, int]:
-    """(intersection, union) pixel counts of a prediction with a target mask.
-
-    `pred`: H x W (numpy or tensor; non-zero = predicted) or None (an unparseable answer: empty). `target`:
-    uint8 H x W, 0 background, 1 target, 255 ignored; ignored pixels count in neither number.
-    """
-    target = _numpy(target)
-    if target.ndim != 2:
-        raise ValueError(f"target must be H x W, got shape {target.shape}")
-    if np.any((target != 0) & (target != 1) & (target != 255)):
-        raise ValueError(f"target values must be 0, 1 or 255, got {np.unique(target)[:8].tolist()}")
-    positive = target == 1
-    if pred is None:
-        return 0, int(np.count_nonzero(positive))
-    pred = _numpy(pred).astype(bool, copy=False)
-    if pred.shape != target.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from target shape {target.shape}")
-    intersection = int(np.count_nonzero(pred & positive))
-    union = int(np.count_nonzero((pred & (target != 255)) | positive))
-    return intersection, union
-
-
-def sample_iou(intersection: int, union: int) -> float:
-    """Per-sample IoU: I / U, and 1.0 when the union is empty (empty prediction, empty target)."""
-    return 1.0 if union == 0 else intersection / union
 
 
 class GroupedSegmentationIoU(Metric):
@@ -162,7 +129,8 @@ class BoxAccuracy(Metric):
             if target is None:
                 raise ValueError("BoxAccuracy needs a GT box for every sample")
             hits += (
-                pred is not None and box_iou(_numpy(pred).tolist(), _numpy(target).tolist()) > self.threshold
+                pred is not None
+                and box_iou(as_numpy(pred).tolist(), as_numpy(target).tolist()) > self.threshold
             )
         self.hits += hits
         self.total += len(pred_boxes)

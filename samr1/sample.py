@@ -80,6 +80,16 @@ class SegSample:
         except (OSError, ValueError) as err:
             raise ValueError(f"sample {self.id!r}: cannot read image {path}: {err}") from err
 
+    def to_original(self, xy: np.ndarray | list | tuple) -> np.ndarray:
+        """Model-space points [..., 2] or boxes [..., 4] -> original pixels (identity without a transform)."""
+        xy = np.asarray(xy, dtype=np.float64)
+        return xy if self.transform is None else self.transform.to_original(xy)
+
+    def to_model(self, xy: np.ndarray | list | tuple) -> np.ndarray:
+        """Original pixels -> the model's input space (identity without a transform)."""
+        xy = np.asarray(xy, dtype=np.float64)
+        return xy if self.transform is None else self.transform.to_model(xy)
+
     @property
     def target(self) -> np.ndarray | None:
         """Boolean target pixels (mask == 1), or None when the sample has no mask."""

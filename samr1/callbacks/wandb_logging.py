@@ -24,7 +24,6 @@ import numpy as np
 from PIL import Image
 
 from samr1.callbacks.overlays import draw_prediction, thumbnail
-from samr1.rewards.box import to_original
 from samr1.rewards.parsing import parse_answer
 from samr1.sample import SegSample
 
@@ -50,9 +49,9 @@ def completion_overlay(
     answer = parse_answer(completion)
     box = points = None
     if answer is not None and answer.box is not None:
-        box = to_original(sample, answer.box).tolist()
+        box = sample.to_original(answer.box).tolist()
     if answer is not None and answer.points:
-        points = to_original(sample, answer.points).tolist()
+        points = sample.to_original(answer.points).tolist()
     image = draw_prediction(
         sample.load_image(),
         gt_mask=sample.mask,

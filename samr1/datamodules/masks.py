@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from samr1.geometry import component_boxes, inscribed_circle_points, tight_box  # noqa: F401 (re-exported)
+
 Polygon = Sequence[Sequence[float]]  # [[x, y], ...] in original pixels
 
 # OpenCV 4.11 changed fillPoly's edge rule (opencv/opencv#26187): from then on polylines + fillPoly paint
@@ -106,57 +108,3 @@ def decode_coco_segmentation(segmentation: Any, height: int, width: int) -> np.n
     if mask.shape != (height, width):
         raise ValueError(f"segmentation size {mask.shape} differs from the image's {(height, width)}")
     return mask
-
-
-def tight_box(target: np.ndarray) -> tuple[float, float, float, float] | None:
-    """Smallest pixel-edge box (x1, y1, x2, y2) around the True pixels; None for an empty mask."""
-    rows = np.flatnonzero(np.any(target, axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(np.any(target, axis=0))
-    return (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
-
-
-def _distance_to_background(target: np.ndarray) -> np.ndarray:
-    # A zero border makes the image edge a boundary: a circle must not extend past the image.
-    padded = np.pad(target.astype(np.uint8), 1)
-    return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-
-
-def inscribed_circle_points(target: np.ndarray, count: int = 2) -> list[tuple[float, float]] | None:
-    """Centres (x, y) of the `count` largest non-overlapping inscribed circles of the True pixels (Seg-Zero's
-    GT points). Greedy: the first centre is the maximum of the exact Euclidean distance transform (distance to
-    the nearest background pixel or image edge; its value is the radius); that circle's disc (pixels closer to
-    the centre than the radius) is removed from the mask and the distance transform recomputed for the next.
-    Ties go to the first pixel in row-major order. When nothing is left (a mask smaller than one disc), the
-    last centre is repeated so callers always get `count` points. None for an empty mask."""
-    remaining = np.asarray(target, dtype=bool).copy()
-    if not remaining.any():
-        return None
-    rows, cols = np.indices(remaining.shape)
-    points: list[tuple[float, float]] = []
-    for _ in range(count):
-        if not remaining.any():
-            points.append(points[-1])
-            continue
-        distance = _distance_to_background(remaining)
-        row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
-        points.append((float(col), float(row)))
-        radius = float(distance[row, col])
-        remaining &= (rows - row) ** 2 + (cols - col) ** 2 >= radius**2
-    return points
-
-
-def component_boxes(target: np.ndarray, min_area: int = 1) -> list[tuple[float, float, float, float]]:
-    """Tight pixel-edge boxes (x1, y1, x2, y2) of the 8-connected components of the True pixels with at least
-    `min_area` pixels, sorted by (y1, x1, y2, x2). An empty mask gives []."""
-    binary = np.ascontiguousarray(np.asarray(target, dtype=bool), dtype=np.uint8)
-    if binary.ndim != 2:
-        raise ValueError(f"expected an H x W mask, got shape {binary.shape}")
-    count, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    boxes = []
-    for label in range(1, count):  # label 0 is the background
-        x, y, w, h, area = (int(v) for v in stats[label])
-        if area >= min_area:
-            boxes.append((float(x), float(y), float(x + w), float(y + h)))
-    return sorted(boxes, key=lambda b: (b[1], b[0], b[3], b[2]))

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torchmetrics import MeanMetric
 
+from samr1.geometry import box_iou
 from samr1.metrics import (
     BoxAccuracy,
     GroupedSegmentationIoU,
@@ -26,7 +27,6 @@ from samr1.metrics import (
     reasonseg_group,
     sample_iou,
 )
-from samr1.rewards.box import box_iou, to_original
 from samr1.rewards.parsing import Answer, parse_answer
 from samr1.sample import SegSample
 
@@ -75,8 +75,8 @@ def segment_answer(segmenter, image: np.ndarray, sample: SegSample, objects: lis
     union = np.zeros(image.shape[:2], dtype=bool)
     embedding = segmenter.embed(image) if hasattr(segmenter, "embed") else None  # encode the image once
     for obj in objects:
-        box = to_original(sample, obj.box)[None] if obj.box is not None else None
-        points = to_original(sample, obj.points)[None] if obj.points else None
+        box = sample.to_original(obj.box)[None] if obj.box is not None else None
+        points = sample.to_original(obj.points)[None] if obj.points else None
         labels = np.ones((1, len(obj.points)), dtype=np.int64) if obj.points else None
         if embedding is not None:
             masks, _ = segmenter.decode(embedding, box, points, labels, True)
@@ -96,11 +96,11 @@ def evaluate_sample(text: str, sample: SegSample, segmenter, multi_object: bool 
         result.failure = "no box or points"
     first = objects[0] if objects else None
     if first is not None and first.box is not None:
-        result.box = [float(v) for v in to_original(sample, first.box)]
+        result.box = [float(v) for v in sample.to_original(first.box)]
         if sample.box is not None:
             result.box_iou = box_iou(result.box, sample.box)
     if first is not None and first.points:
-        result.points = to_original(sample, first.points).tolist()
+        result.points = sample.to_original(first.points).tolist()
     if (
         objects and segmenter is not None
     ):  # also without GT (predict on a user's image): the mask is the output

@@ -8,37 +8,20 @@ from typing import Literal
 import numpy as np
 import torch
 
+from samr1.geometry import box_iou, box_l1
 from samr1.rewards.base import Reward
 from samr1.rewards.parsing import parse_answer
 from samr1.sample import SegSample
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two (x1, y1, x2, y2) boxes with continuous area ((x2 - x1) * (y2 - y1)); 0 if the union is empty."""
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(iw, 0.0) * max(ih, 0.0)
-    area_a = max(a[2] - a[0], 0.0) * max(a[3] - a[1], 0.0)
-    area_b = max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0)
-    union = area_a + area_b - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def box_l1(a: Sequence[float], b: Sequence[float]) -> float:
-    """Mean absolute difference of the four coordinates."""
-    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).mean())
-
-
 def to_original(sample: SegSample, xy: Sequence) -> np.ndarray:
-    """Model-space points [..., 2] or boxes [..., 4] -> the sample's original pixels (identity without transform)."""
-    xy = np.asarray(xy, dtype=np.float64)
-    return xy if sample.transform is None else sample.transform.to_original(xy)
+    """Kept for old imports: `sample.to_original(xy)`."""
+    return sample.to_original(xy)
 
 
 def to_model(sample: SegSample, xy: Sequence) -> np.ndarray:
-    """Original pixels -> the model's input space (identity without transform)."""
-    xy = np.asarray(xy, dtype=np.float64)
-    return xy if sample.transform is None else sample.transform.to_model(xy)
+    """Kept for old imports: `sample.to_model(xy)`."""
+    return sample.to_model(xy)
 
 
 class BoxIoUReward(Reward):
@@ -72,7 +55,7 @@ class BoxIoUReward(Reward):
         answer = parse_answer(completion)
         if answer is None or answer.box is None or sample.box is None:
             return 0.0
-        return box_iou(to_original(sample, answer.box), sample.box)
+        return box_iou(sample.to_original(answer.box), sample.box)
 
 
 class BoxL1Reward(Reward):
@@ -109,7 +92,7 @@ class BoxL1Reward(Reward):
                 errors.append(float("nan"))  # no error to report; dashboards use nanmean
                 out.append(0.0)
                 continue
-            err = box_l1(answer.box, to_model(sample, sample.box))
+            err = box_l1(answer.box, sample.to_model(sample.box))
             errors.append(err)
             if self.mapping == "continuous":
                 out.append(max(0.0, 1.0 - err / self.scale))

@@ -13,26 +13,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from samr1.geometry import as_numpy, mask_iou
 from samr1.rewards.base import Reward, RewardContext
-from samr1.rewards.box import to_original
 from samr1.rewards.parsing import Answer, parse_answer
 from samr1.sample import SegSample
 
 SAMR1_TIERS = ((0.8, 4.0), (0.7, 3.0), (0.5, 2.0))
-
-
-def mask_iou(pred: np.ndarray, target: np.ndarray) -> float:
-    """IoU of a boolean prediction with a target mask (1 target, 0 background, 255 ignored: counted in neither
-    intersection nor union). An empty prediction against an empty target scores 1.0 (LISA's convention)."""
-    pred = np.asarray(pred, dtype=bool)
-    target = np.asarray(target)
-    if pred.shape != target.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from target shape {target.shape}")
-    positive = target == 1
-    valid = target != 255
-    inter = np.count_nonzero(pred & positive)
-    union = np.count_nonzero((pred | positive) & valid)
-    return 1.0 if union == 0 else inter / union
 
 
 def tiered(iou: float, tiers: Sequence[Sequence[float]], floor: float = 0.0) -> float:
@@ -126,8 +112,8 @@ class MaskIoUReward(Reward):
         """(box [4], points [P, 2]) in original pixels, each None when not configured or not in the answer."""
         if answer is None:
             return None, None
-        box = to_original(sample, answer.box) if "box" in self.prompt and answer.box is not None else None
-        points = to_original(sample, answer.points) if "points" in self.prompt and answer.points else None
+        box = sample.to_original(answer.box) if "box" in self.prompt and answer.box is not None else None
+        points = sample.to_original(answer.points) if "points" in self.prompt and answer.points else None
         return box, points
 
     def _predict_image(self, completions, samples, indices, masks, sam_scores) -> None:
@@ -167,8 +153,8 @@ class MaskIoUReward(Reward):
                 )
             else:  # a segmenter with only predict() (encodes per call)
                 out_masks, out_scores = self.segmenter.predict(image, boxes, points, labels, self.multimask)
-            out_masks = _numpy(out_masks).astype(bool, copy=False)
-            out_scores = _numpy(out_scores).astype(np.float32, copy=False).reshape(-1)
+            out_masks = as_numpy(out_masks).astype(bool, copy=False)
+            out_scores = as_numpy(out_scores).astype(np.float32, copy=False).reshape(-1)
             for k, (i, _, _) in enumerate(entries):
                 # Several objects of one answer: their masks unite; the score is the first object's.
                 masks[i] = out_masks[k] if masks[i] is None else masks[i] | out_masks[k]
@@ -186,9 +172,3 @@ def _group_by_image(samples: list[SegSample]) -> dict[tuple[str, str], list[int]
     for i, sample in enumerate(samples):
         groups.setdefault(image_key(sample), []).append(i)
     return groups
-
-
-def _numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)

@@ -35,36 +35,12 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from samr1.datamodules.masks import component_boxes
+from samr1.geometry import BoxLike, box_iou_matrix, box_l1_matrix, component_boxes
 from samr1.rewards.base import Reward
-from samr1.rewards.box import to_model
 from samr1.rewards.parsing import parse_answer
 from samr1.sample import SegSample
 
 Criterion = Literal["sum", "both"]
-BoxLike = Sequence[float]
-
-
-def _as_boxes(boxes: Sequence[BoxLike] | np.ndarray) -> np.ndarray:
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) if len(boxes) else np.zeros((0, 4))
-
-
-def box_iou_matrix(pred: Sequence[BoxLike] | np.ndarray, gt: Sequence[BoxLike] | np.ndarray) -> np.ndarray:
-    """[P, G] IoU of every predicted with every GT box (continuous areas; 0 where the union is empty)."""
-    a, b = _as_boxes(pred)[:, None, :], _as_boxes(gt)[None, :, :]
-    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0.0, None)
-    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0.0, None)
-    inter = iw * ih
-    area_a = np.clip(a[..., 2] - a[..., 0], 0.0, None) * np.clip(a[..., 3] - a[..., 1], 0.0, None)
-    area_b = np.clip(b[..., 2] - b[..., 0], 0.0, None) * np.clip(b[..., 3] - b[..., 1], 0.0, None)
-    union = area_a + area_b - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
-def box_l1_matrix(pred: Sequence[BoxLike] | np.ndarray, gt: Sequence[BoxLike] | np.ndarray) -> np.ndarray:
-    """[P, G] mean absolute difference of the four coordinates of every predicted and GT box."""
-    return np.abs(_as_boxes(pred)[:, None, :] - _as_boxes(gt)[None, :, :]).mean(axis=-1)
 
 
 def pair_scores(
@@ -166,7 +142,7 @@ class MultiObjectMatchReward(Reward):
                 num_pred.append(float("nan") if answer is None else float(len(answer.objects)))
                 continue
             pred = [obj.box for obj in answer.objects]
-            gt_model = [tuple(box) for box in to_model(sample, gt).reshape(-1, 4).tolist()] if gt else []
+            gt_model = [tuple(box) for box in sample.to_model(gt).reshape(-1, 4).tolist()] if gt else []
             value, hits = match_reward(pred, gt_model, self.iou_threshold, self.l1_threshold, self.criterion)
             scores.append(value)
             matched.append(float(hits))

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from samr1.rewards.base import Reward
-from samr1.rewards.box import to_model, to_original
 from samr1.rewards.parsing import parse_answer
 from samr1.sample import SegSample
 
@@ -78,7 +77,7 @@ class PointReward(Reward):
         answer = parse_answer(completion)
         if answer is None or not answer.points or sample.mask is None:
             return 0.0
-        return point_accuracy(to_original(sample, answer.points), sample.mask)
+        return point_accuracy(sample.to_original(answer.points), sample.mask)
 
     def _segzero(self, completion: str, sample: SegSample) -> float:
         answer = parse_answer(completion)
@@ -86,5 +85,5 @@ class PointReward(Reward):
             return 0.0
         if len(answer.points) != len(sample.points) or not points_in_box(answer.points, answer.box):
             return 0.0
-        distance = matched_mean_distance(np.asarray(answer.points), to_model(sample, sample.points))
+        distance = matched_mean_distance(np.asarray(answer.points), sample.to_model(sample.points))
         return float(distance < self.distance_threshold)
