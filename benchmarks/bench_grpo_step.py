@@ -54,7 +54,7 @@ def banned_and_eos(model_dir: str) -> tuple[list[int], list[int]]:
     """samr1's never-sample ids and the EOS ids; the benchmark bans both so every completion has full length."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from samr1.modules.loading import special_token_ids
+    from samr1.models.qwen2_5_vl.loading import special_token_ids
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     vocab = AutoConfig.from_pretrained(model_dir).text_config.vocab_size
@@ -145,7 +145,7 @@ def run_samr1(model_dir: str, size: int, group: int, tokens: int, mu: int, warmu
     trainer.fit(module, train_dataloaders=loader)
     walls, phases = timer.walls[warmup:], {k: v[warmup:] for k, v in timer.phases.items()}
     result = summarise(walls, phases, mu)
-    result["prompt_tokens"] = int(module.last_rollout[0].input_ids.shape[1])
+    result["prompt_tokens"] = int(module.last_step.prompts.input_ids.shape[1])
     return result
 
 
@@ -379,7 +379,7 @@ def main() -> None:
         return
 
     if args.model_dir is None:
-        from samr1.modules.tiny import write_tiny_checkpoints
+        from samr1.tools.tiny import write_tiny_checkpoints
 
         written = write_tiny_checkpoints(tempfile.mkdtemp(prefix="samr1-bench-"), size="small")
         args.model_dir = written["policy"]

@@ -90,7 +90,7 @@ class Tree:
 
 def instrument(tree: Tree, module) -> None:
     """Wrap samr1's pieces (module-level names where they are looked up, and the module's own methods)."""
-    import samr1.modules.forward as forward
+    import samr1.models.qwen2_5_vl.prefix_cache as forward
     import samr1.modules.logprobs as logprobs
     import samr1.modules.policy as policy
     import samr1.modules.reference as reference
@@ -232,7 +232,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from samr1.modules.tiny import write_tiny_checkpoints
+    from samr1.tools.tiny import write_tiny_checkpoints
 
     size = "tiny" if args.setting == "demo" else "small"
     tiny_dir = args.tiny_dir or tempfile.mkdtemp()

@@ -58,7 +58,7 @@ def tiny_main(argv: list[str]) -> None:
     )
     parser.add_argument("--warmup-image-size", type=int, default=112)
     args = parser.parse_args(argv)
-    from samr1.modules.tiny import write_tiny_checkpoints
+    from samr1.tools.tiny import write_tiny_checkpoints
 
     manifest = write_tiny_checkpoints(
         args.out_dir,
@@ -88,7 +88,7 @@ def export_main(argv: list[str]) -> None:
         "out_dir", help="directory to write; loads with Qwen2_5_VLForConditionalGeneration.from_pretrained"
     )
     args = parser.parse_args(argv)
-    from samr1.modules.export import export_checkpoint
+    from samr1.tools.export import export_checkpoint
 
     print(f"wrote {export_checkpoint(args.ckpt_path, args.out_dir)}")
 

@@ -6,7 +6,8 @@ import lightning as L
 import pytest
 from toy_rewards import DigitShareReward
 
-import samr1.modules.policy as policy_module
+import samr1.modules.module as module_file
+import samr1.modules.update as update_file
 from samr1.datamodules import SyntheticShapesDataModule
 from samr1.modules.grpo import group_advantages, policy_loss
 from samr1.modules.policy import GRPOModule
@@ -80,16 +81,16 @@ def _inverted_mask_loss(logprobs, old, advantages, mask, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "target, broken",
+    "where, target, broken",
     [
-        ("group_advantages", _flipped_sign),
-        ("group_advantages", _uncentred),
-        ("policy_loss", _inverted_mask_loss),
+        (module_file, "group_advantages", _flipped_sign),
+        (module_file, "group_advantages", _uncentred),
+        (update_file, "policy_loss", _inverted_mask_loss),
     ],
     ids=["advantage-sign", "advantage-normalisation", "completion-mask"],
 )
-def test_the_learning_test_fails_when_grpo_is_broken(tiny_checkpoints, monkeypatch, target, broken):
+def test_the_learning_test_fails_when_grpo_is_broken(tiny_checkpoints, monkeypatch, where, target, broken):
     # The learning bar above must catch each of these bugs, or it proves nothing.
-    monkeypatch.setattr(policy_module, target, broken)
+    monkeypatch.setattr(where, target, broken)
     start, end = learned(train_toy(tiny_checkpoints, steps=STEPS, learning_rate=LR))
     assert end <= start + GAIN, f"a broken {target} still cleared the bar: {start:.3f} -> {end:.3f}"

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from samr1.modules.forward import image_features
-from samr1.modules.loading import load_policy, load_processor, special_token_ids
+from samr1.models.qwen2_5_vl.loading import load_policy, load_processor, special_token_ids
+from samr1.models.qwen2_5_vl.prefix_cache import image_features
 from samr1.modules.logprobs import completion_logprobs
 from samr1.modules.prompting import PromptBuilder
 from samr1.sample import SegSample

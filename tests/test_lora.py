@@ -54,7 +54,7 @@ def test_lora_trains_adapters_only_and_exports_merged(tiny_checkpoints, tmp_path
     assert not any("visual" in n for n in trainable)
 
     # The reference is the same network with adapters off: it equals the untouched initial weights.
-    prompts, rollouts, _, _ = module.last_rollout
+    prompts, rollouts = module.last_step.prompts, module.last_step.rollouts
     ref = module._frozen["reference"].logprobs(prompts, rollouts.completion_ids, rollouts.prompt_index)
     base = ReferenceModel(tiny_checkpoints["policy"])
     expected = base.logprobs(prompts, rollouts.completion_ids, rollouts.prompt_index)

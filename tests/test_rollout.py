@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from samr1.datamodules.synthetic import make_shapes_sample
-from samr1.modules.loading import load_policy, load_processor, special_token_ids
+from samr1.models.qwen2_5_vl.loading import load_policy, load_processor, special_token_ids
 from samr1.modules.prompting import PromptBuilder
 from samr1.modules.rollout import generate_rollouts
 

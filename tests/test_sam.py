@@ -199,7 +199,7 @@ def test_mask_reward_on_real_sam_matches_naive_per_completion_scoring(random_sam
 
 @pytest.fixture(scope="module")
 def tiny_sam2(tmp_path_factory):
-    from samr1.sam.sam2 import build_tiny_sam2
+    from samr1.tools.tiny_sam2 import build_tiny_sam2
 
     return build_tiny_sam2(tmp_path_factory.mktemp("sam2"), seed=0)
 

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from samr1.modules.forward import feed, prefill
-from samr1.modules.loading import load_policy, load_processor, special_token_ids
+from samr1.models.qwen2_5_vl.loading import load_policy, load_processor, special_token_ids
+from samr1.models.qwen2_5_vl.prefix_cache import feed, prefill
 from samr1.modules.prompting import PromptBuilder
 from samr1.modules.rollout import generate_rollouts
 from samr1.sample import SegSample

@@ -343,7 +343,7 @@ def test_parquet_empty_image_cell_follows_on_error(tmp_path):
 def test_map_plus_satellite_prompt_shows_the_map_first_and_maps_answers_to_the_satellite(
     tmp_path, tiny_checkpoints
 ):
-    from samr1.modules.loading import load_processor
+    from samr1.models.qwen2_5_vl.loading import load_processor
     from samr1.modules.prompting import PromptBuilder
 
     examples = write_raw(tmp_path / "SocioSeg")
@@ -578,6 +578,7 @@ def test_two_image_training_steps_run_through_the_tiny_model(tmp_path, tiny_chec
         enable_model_summary=False,
     )
     trainer.fit(module, datamodule=data)
-    prompts, rollouts, total, _ = module.last_rollout
+    record = module.last_step
+    prompts, rollouts, total = record.prompts, record.rollouts, record.total_reward
     assert trainer.global_step == 2 and prompts.images_per_prompt == [2, 2]
     assert prompts.image_grid_thw.shape[0] == 4 and len(rollouts) == 4 and bool(total.isfinite().all())

@@ -16,7 +16,8 @@ from PIL import Image
 from samr1.callbacks.overlays import GT_MASK_COLOR, POINT_COLOR, PRED_BOX_COLOR, PRED_MASK_COLOR
 from samr1.callbacks.wandb_logging import RolloutTableCallback, metric_rows, rollout_rows
 from samr1.cli import main
-from samr1.rewards.mask import MaskIoUReward
+from samr1.modules.step import StepRecord
+from samr1.rewards.parsing import parse_answer
 from samr1.sample import CoordTransform, SegSample
 
 pytest.importorskip("wandb")
@@ -162,20 +163,19 @@ def test_rollout_rows_draw_the_answer_and_sams_mask_in_original_pixels():
         '<think>x</think><answer>{"bbox": [40, 40, 76, 76], "points_1": [60, 60], "points_2": [70, 50]}</answer>',
         "no answer",
     ]
-    reward = MaskIoUReward()
     sam_mask = np.zeros((40, 40), dtype=bool)
     sam_mask[22:26, 22:26] = True
-    reward.last_masks = [sam_mask, None]
-    module = SimpleNamespace(
-        rewards=[reward],
-        last_rollout=(
-            SimpleNamespace(samples=[sample]),
-            SimpleNamespace(texts=texts, prompt_index=torch.tensor([0, 0])),
-            torch.tensor([3.0, 0.0]),
-            {"format": torch.tensor([1.0, 0.0]), "mask_iou": torch.tensor([2.0, 0.0])},
-        ),
+    record = StepRecord(
+        step=7,
+        prompts=SimpleNamespace(samples=[sample]),
+        rollouts=SimpleNamespace(texts=texts, prompt_index=torch.tensor([0, 0])),
+        answers=[parse_answer(t) for t in texts],
+        total_reward=torch.tensor([3.0, 0.0]),
+        rewards={"format": torch.tensor([1.0, 0.0]), "mask_iou": torch.tensor([2.0, 0.0])},
+        advantages=torch.tensor([1.0, -1.0]),
+        masks=[sam_mask, None],
     )
-    columns, rows = rollout_rows(module, step=7, max_rows=16)
+    columns, rows = rollout_rows(record, step=7, max_rows=16)
     assert columns == ROLLOUT_COLUMNS + ["format", "mask_iou"]
     assert [r[0] for r in rows] == [7, 7] and rows[0][1] == "s0" and rows[0][4] == texts[0]
     assert rows[0][5:] == [3.0, 1.0, 2.0]
@@ -185,8 +185,8 @@ def test_rollout_rows_draw_the_answer_and_sams_mask_in_original_pixels():
     assert tuple(first[23, 23]) == tuple(int(np.rint(0.55 * 100 + 0.45 * c)) for c in PRED_MASK_COLOR)
     assert tuple(first[10, 10]) == tuple(int(np.rint(0.55 * 100 + 0.45 * c)) for c in GT_MASK_COLOR)
     assert (second[20:40, 20:40] == 100).all()  # no answer: only the GT is drawn
-    assert rollout_rows(module, step=7, max_rows=1)[1][0][1] == "s0"
-    assert len(rollout_rows(module, step=7, max_rows=1)[1]) == 1
+    assert rollout_rows(record, step=7, max_rows=1)[1][0][1] == "s0"
+    assert len(rollout_rows(record, step=7, max_rows=1)[1]) == 1
 
 
 def test_metric_rows_split_groups():
@@ -197,7 +197,7 @@ def test_metric_rows_split_groups():
 def test_callback_is_a_no_op_without_a_wandb_logger():
     trainer = SimpleNamespace(loggers=[], is_global_zero=True, global_step=0, sanity_checking=False)
     callback = RolloutTableCallback(every_n_steps=1)
-    module = SimpleNamespace(last_rollout=None)
+    module = SimpleNamespace(last_step=None)
     callback.on_train_batch_end(trainer, module, None, [], 0)
     callback.on_validation_epoch_start(trainer, module)
     callback.on_validation_batch_end(trainer, module, None, [_sample()], 0)

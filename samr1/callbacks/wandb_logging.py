@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from samr1.callbacks.overlays import draw_prediction, thumbnail
-from samr1.rewards.parsing import parse_answer
+from samr1.modules.step import StepRecord
 from samr1.sample import SegSample
 
 ROLLOUT_KEY = "train/rollouts"
@@ -43,10 +43,9 @@ def find_wandb_logger(trainer: L.Trainer):
 
 
 def completion_overlay(
-    sample: SegSample, completion: str, pred_mask: np.ndarray | None, max_side: int | None = 512
+    sample: SegSample, answer, pred_mask: np.ndarray | None, max_side: int | None = 512
 ) -> Image.Image:
-    """The sample's image with its GT mask and box, the completion's box and points and SAM's mask."""
-    answer = parse_answer(completion)
+    """The sample's image with its GT mask and box, the parsed answer's box and points and SAM's mask."""
     box = points = None
     if answer is not None and answer.box is not None:
         box = sample.to_original(answer.box).tolist()
@@ -63,24 +62,19 @@ def completion_overlay(
     return thumbnail(image, max_side)
 
 
-def rollout_rows(pl_module: L.LightningModule, step: int, max_rows: int, max_side: int | None = 512):
-    """(columns, rows) of the module's `last_rollout`; the overlay cells are PIL images."""
-    from samr1.rewards.mask import MaskIoUReward
-
-    prompts, rollouts, total, per_reward = pl_module.last_rollout
-    names = list(per_reward)
+def rollout_rows(record: StepRecord, step: int, max_rows: int, max_side: int | None = 512):
+    """(columns, rows) of a training step's record; the overlay cells are PIL images."""
+    names = list(record.rewards)
     columns = ["step", "sample_id", "query", "overlay", "completion", "total_reward", *names]
-    masks = None
-    for reward in getattr(pl_module, "rewards", []):
-        if isinstance(reward, MaskIoUReward) and len(reward.last_masks) == len(rollouts.texts):
-            masks = reward.last_masks
-            break
+    masks = record.masks
     rows = []
-    for i, text in enumerate(rollouts.texts[:max_rows]):
-        sample = prompts.samples[int(rollouts.prompt_index[i])]
-        overlay = completion_overlay(sample, text, masks[i] if masks is not None else None, max_side)
-        rewards = [float(per_reward[name][i]) for name in names]
-        rows.append([step, str(sample.id), sample.query, overlay, text, float(total[i]), *rewards])
+    for i, (sample, text) in enumerate(zip(record.samples[:max_rows], record.rollouts.texts)):
+        mask = masks[i] if masks is not None else None
+        overlay = completion_overlay(sample, record.answers[i], mask, max_side)
+        rewards = [float(record.rewards[name][i]) for name in names]
+        rows.append(
+            [step, str(sample.id), sample.query, overlay, text, float(record.total_reward[i]), *rewards]
+        )
     return columns, rows
 
 
@@ -160,9 +154,10 @@ class RolloutTableCallback(L.Callback):
         if self._batches % self.every_n_steps or not trainer.is_global_zero:
             return
         logger = find_wandb_logger(trainer)
-        if logger is None or getattr(pl_module, "last_rollout", None) is None:
+        record = getattr(pl_module, "last_step", None)
+        if logger is None or record is None:
             return
-        columns, rows = rollout_rows(pl_module, trainer.global_step, self.max_rows, self.max_image_side)
+        columns, rows = rollout_rows(record, trainer.global_step, self.max_rows, self.max_image_side)
         logger.log_table(ROLLOUT_KEY, columns=columns, data=_wandb_cells(rows), step=trainer.global_step)
 
     # ------------------------------------------------------------ validation

@@ -15,7 +15,7 @@ import lightning as L
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from samr1.datamodules.sampling import EvalSampler, ResumableSampler
+from samr1.datamodules.samplers import EvalSampler, ResumableSampler
 from samr1.sample import SegSample
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from samr1.modules.forward import feed, model_parts, prefill
+from samr1.models.qwen2_5_vl.prefix_cache import feed, model_parts, prefill
 from samr1.modules.prompting import PromptBatch
 
 

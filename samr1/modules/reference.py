@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from samr1.modules.loading import load_policy
+from samr1.models.qwen2_5_vl.loading import load_policy
 from samr1.modules.logprobs import completion_logprobs
 from samr1.modules.prompting import PromptBatch
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from samr1.modules.forward import feed, model_parts, prefill
+from samr1.models.qwen2_5_vl.prefix_cache import feed, model_parts, prefill
 from samr1.modules.prompting import PromptBatch
 
 

@@ -41,6 +41,8 @@ class Reward(ABC):
         self.name = name or _snake(type(self).__name__.removesuffix("Reward"))
         # Extra per-completion values a reward wants logged or shown (e.g. raw mask IoU); replaced on each call.
         self.details: dict[str, torch.Tensor] = {}
+        # SAM's masks (bool H x W or None per completion) of the last call, for rewards that make them.
+        self.last_masks: list | None = None
 
     def setup(self, context: RewardContext) -> None:
         """Receive shared resources before the first call; rewards that need none ignore it."""

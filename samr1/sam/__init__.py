@@ -9,7 +9,7 @@ import torch
 from samr1.sam.architectures import SAM_ARCHITECTURES, build_sam_module, load_sam_checkpoint
 from samr1.sam.cache import EmbeddingCache
 from samr1.sam.predictor import SamEmbedding, SamPromptSegmenter, resolve_dtype
-from samr1.sam.sam2 import Sam2PromptSegmenter, build_tiny_sam2
+from samr1.sam.sam2 import Sam2PromptSegmenter
 
 __all__ = [
     "SAM_ARCHITECTURES",
@@ -19,7 +19,6 @@ __all__ = [
     "SamPromptSegmenter",
     "build_sam",
     "build_sam_module",
-    "build_tiny_sam2",
     "load_sam_checkpoint",
     "resolve_dtype",
 ]
@@ -51,3 +50,11 @@ def build_sam(
             checkpoint, device=device, dtype=dtype, cache_size=cache_size
         )
     raise ValueError(f"unknown SAM backend {backend!r}; choose 'segment_anything' or 'sam2'")
+
+
+def __getattr__(name: str):
+    if name == "build_tiny_sam2":  # an offline tool now (samr1.tools.tiny_sam2); kept for old imports
+        from samr1.tools.tiny_sam2 import build_tiny_sam2
+
+        return build_tiny_sam2
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,422 @@
+"""The GRPO LightningModule: each training step is rollout -> rewards -> advantages -> mini-batch updates.
+
+Hooks orchestrate: prompts (`prompting.py`), generation (`rollout.py`), rewards (`samr1.rewards`), the math
+(`grpo.py`), the update loop (`update.py`), the reference (`reference.py`) and evaluation (`evaluation.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Literal
+
+import lightning as L
+import torch
+
+from samr1.models.qwen2_5_vl.checkpoint import save_pretrained
+from samr1.models.qwen2_5_vl.loading import check_model_path, load_policy, load_processor, special_token_ids
+from samr1.models.qwen2_5_vl.lora import add_lora, is_peft
+from samr1.models.qwen2_5_vl.prefix_cache import image_features
+from samr1.models.qwen2_5_vl.sharding import check_strategy, shard_policy
+from samr1.modules.evaluation import Evaluator, SampleResult, evaluate_sample, summary_table
+from samr1.modules.grpo import AdvantageScale, LossAggregation, group_advantages
+from samr1.modules.logprobs import completion_logprobs
+from samr1.modules.prompting import DEFAULT_PROMPT, PromptBatch, PromptBuilder
+from samr1.modules.reference import AdapterDisabledReference, ReferenceModel
+from samr1.modules.rollout import Rollouts, generate_rollouts
+from samr1.modules.schedule import lr_factor
+from samr1.modules.step import PhaseTimer, StepRecord, out_of_memory_hint
+from samr1.modules.update import UpdateBatch, mini_batch_size, needs_old_logprobs, update_policy
+from samr1.rewards.base import Reward, RewardContext
+from samr1.rewards.combine import reward_statistics, score_completions
+from samr1.rewards.parsing import parse_answer
+from samr1.sample import SegSample
+
+__all__ = ["GRPOModule", "out_of_memory_hint"]
+
+
+class GRPOModule(L.LightningModule):
+    """GRPO for reasoning segmentation (SAM-R1 / Seg-Zero recipes) with manual optimisation.
+
+    Args:
+        model_path: Hugging Face directory or hub id of a Qwen2.5-VL model.
+        rewards: reward plugins (YAML `class_path`); default: think format + box IoU.
+        group_size: completions per prompt (G); at least 2.
+        num_iterations: passes over each rollout batch (mu); with more than one pass, or more than one
+            mini-batch, the importance ratio moves and clipping acts.
+        mini_batch_size: completions per optimiser step (default: the whole rollout batch).
+        micro_batch_size: completions per forward/backward (gradient accumulation inside a mini-batch).
+        kl_coef: k3 KL coefficient; the reference model is loaded only when it is positive.
+        lora_rank: LoRA adapters of this rank on the language model (0: full fine-tuning); the reference is
+            then the policy with adapters disabled.
+        export_dir: at the end of fit, write the policy here as a Hugging Face directory (LoRA merged).
+        sam_checkpoint: segment-anything checkpoint (or SAM2 directory) shared by the mask reward and evaluation.
+        predictions_path: test: write one JSON line per sample (answer, parsed box/points, IoU, failure) here.
+        eval_groups: report groups for gIoU/cIoU (a sample's meta["group"], or ReasonSeg's short/long).
+        eval_multi_object: evaluation unites SAM's masks for every object of a list answer.
+    """
+
+    def __init__(
+        self,
+        model_path: str = ".tiny/qwen2_5_vl",
+        rewards: list[Reward] | None = None,
+        prompt_template: str = DEFAULT_PROMPT,
+        image_size: tuple[int, int] | None = (840, 840),
+        min_pixels: int = 56 * 56,
+        max_pixels: int = 28 * 28 * 1280,
+        group_size: int = 8,
+        max_new_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        eval_max_new_tokens: int | None = None,
+        learning_rate: float = 1e-6,
+        weight_decay: float = 0.01,
+        adam_betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        lr_schedule: Literal["constant", "cosine", "linear"] = "constant",
+        num_iterations: int = 1,
+        mini_batch_size: int | None = None,
+        micro_batch_size: int = 8,
+        grad_clip: float | None = 1.0,
+        clip_low: float = 0.2,
+        clip_high: float = 0.3,
+        kl_coef: float = 0.0,
+        aggregation: LossAggregation = "token",
+        advantage_scale: AdvantageScale = "group",
+        entropy_coef: float = 0.0,
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        attn_implementation: str = "sdpa",
+        freeze_vision: bool = True,
+        gradient_checkpointing: bool = False,
+        lora_rank: int = 0,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.0,
+        export_dir: str | None = None,
+        sam_checkpoint: str | None = None,
+        sam_model_type: str = "vit_h",
+        sam_backend: Literal["segment_anything", "sam2"] = "segment_anything",
+        sam_cache_size: int = 0,
+        predictions_path: str | None = None,
+        eval_groups: tuple[str, ...] = ("short", "long"),
+        eval_multi_object: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if group_size < 2:
+            raise ValueError(
+                f"group_size (G) must be at least 2 for group-relative advantages, got {group_size}"
+            )
+        if (
+            num_iterations < 1
+            or micro_batch_size < 1
+            or (mini_batch_size is not None and mini_batch_size < 1)
+        ):
+            raise ValueError("num_iterations, micro_batch_size and mini_batch_size must be positive")
+        check_model_path(model_path)
+        if sam_checkpoint is not None:
+            from pathlib import Path
+
+            if not Path(sam_checkpoint).exists():
+                raise FileNotFoundError(f"sam_checkpoint not found: {sam_checkpoint}")
+        self.save_hyperparameters(ignore=["rewards"])
+        self.automatic_optimization = False
+        self.rewards = list(rewards) if rewards is not None else _default_rewards()
+        names = [r.name for r in self.rewards]
+        if len(set(names)) != len(names):
+            raise ValueError(f"reward names must be unique, got {names}; set `name` on duplicates")
+        self.policy = None
+        self.processor = None
+        self.prompt_builder: PromptBuilder | None = None
+        self.segmenter = None
+        # The reference is kept out of state_dict and out of DDP's wrapping on purpose.
+        self._frozen: dict[str, ReferenceModel | AdapterDisabledReference] = {}
+        self.evaluator = Evaluator([r.name for r in self.rewards], tuple(eval_groups), eval_multi_object)
+        self.generator: torch.Generator | None = None
+        self.last_step: StepRecord | None = None
+        self._restored_generator_state: torch.Tensor | None = None
+
+    # ---------------------------------------------------------------- set-up
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        hp = self.hparams
+        self.policy = load_policy(hp.model_path, hp.dtype, hp.attn_implementation)
+        self.policy.train()  # from_pretrained returns eval mode; Qwen has no dropout, but hooks expect train
+        if hp.freeze_vision:
+            self.policy.model.visual.requires_grad_(False)
+        if hp.gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hp.lora_rank > 0:
+            self.policy = add_lora(self.policy, hp.lora_rank, hp.lora_alpha, hp.lora_dropout)
+        if self.device_mesh is not None:  # ModelParallelStrategy: shard with FSDP2 (see sharding.py)
+            shard_policy(self.policy, self.device_mesh, hp.dtype, hp.gradient_checkpointing)
+        self.processor = load_processor(hp.model_path)
+        self.prompt_builder = PromptBuilder(
+            self.processor, hp.prompt_template, hp.image_size, hp.min_pixels, hp.max_pixels
+        )
+        vocab = self.policy.get_output_embeddings().weight.shape[0]
+        self.eos_ids, self.banned_ids = special_token_ids(self.processor.tokenizer, vocab)
+
+    def setup(self, stage: str) -> None:
+        check_strategy(self.trainer)
+        self.configure_model()
+        hp = self.hparams
+        if hp.sam_checkpoint is not None and self.segmenter is None:
+            from samr1.sam import build_sam
+
+            self.segmenter = build_sam(
+                backend=hp.sam_backend,
+                model_type=hp.sam_model_type,
+                checkpoint=hp.sam_checkpoint,
+                device=self.trainer.strategy.root_device if self._trainer is not None else "cpu",
+                dtype=hp.dtype,
+                cache_size=hp.sam_cache_size,
+            )
+        context = RewardContext(segmenter=self.segmenter, device=self.device)
+        for reward in self.rewards:
+            reward.setup(context)
+        if stage == "fit" and hp.kl_coef > 0 and "reference" not in self._frozen:
+            if hp.lora_rank > 0:
+                self._frozen["reference"] = AdapterDisabledReference(lambda: self.policy)
+            else:
+                self._frozen["reference"] = ReferenceModel(hp.model_path, hp.dtype, hp.attn_implementation)
+                if self.device_mesh is not None:
+                    shard_policy(self._frozen["reference"].model, self.device_mesh, hp.dtype, False)
+
+    def on_fit_start(self) -> None:
+        for module in self._frozen.values():
+            module.to(self.device)
+        # One seed per process, so sampling is reproducible and differs across ranks.
+        self.generator = torch.Generator(device=self.device).manual_seed(self.hparams.seed + self.global_rank)
+        if self._restored_generator_state is not None:  # a resumed run continues the same random stream
+            self.generator.set_state(self._restored_generator_state.to(self.generator.get_state().device))
+            self._restored_generator_state = None
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            self.export_pretrained(self.hparams.export_dir)
+
+    def export_pretrained(self, out_dir: str) -> str:
+        """Write the policy as a plain Hugging Face directory (LoRA merged; the module keeps the merged model)."""
+        was_peft = is_peft(self.policy)
+        path = save_pretrained(self.policy, self.processor, out_dir)
+        if was_peft:  # merge_and_unload replaced the adapters by merged weights: keep using that model
+            self.policy = self.policy.get_base_model() if is_peft(self.policy) else self.policy
+            self._frozen.pop("reference", None)
+        return str(path)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.generator is not None:
+            checkpoint["samr1_sampling_rng"] = self.generator.get_state()
+        for logger in self.loggers:  # so `fit --ckpt_path` continues the same wandb run (see cli.py)
+            if type(logger).__name__ == "WandbLogger" and logger.version:
+                checkpoint["samr1_wandb_run_id"] = str(logger.version)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._restored_generator_state = checkpoint.get("samr1_sampling_rng")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.learning_rate,
+            betas=tuple(hp.adam_betas),
+        )
+        total = self._total_optimizer_steps()
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, hp.warmup_steps, total, hp.lr_schedule)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _total_optimizer_steps(self) -> int:
+        """Optimiser steps of the whole run, for decaying schedules: max_steps, else batches x steps per batch."""
+        if self.trainer.max_steps and self.trainer.max_steps > 0:
+            return self.trainer.max_steps
+        hp = self.hparams
+        mini_batches = 1
+        if hp.mini_batch_size is not None and self.trainer.datamodule is not None:
+            n = self.trainer.datamodule.batch_size * hp.group_size
+            mini_batches = math.ceil(n / mini_batch_size(n, hp.mini_batch_size))
+        return max(1, int(self.trainer.estimated_stepping_batches) * hp.num_iterations * mini_batches)
+
+    # ---------------------------------------------------------------- training
+    def prompts(self, samples: list[SegSample]) -> PromptBatch:
+        return self.prompt_builder(samples).to(self.device)
+
+    def rollout(
+        self, batch: PromptBatch, group_size: int, temperature: float, max_new_tokens: int, features=None
+    ) -> Rollouts:
+        return generate_rollouts(
+            self.policy,
+            batch,
+            self.processor.tokenizer,
+            group_size=group_size,
+            max_new_tokens=max_new_tokens,
+            eos_token_ids=self.eos_ids,
+            pad_token_id=self.processor.tokenizer.pad_token_id,
+            banned_token_ids=self.banned_ids,
+            temperature=temperature,
+            top_p=self.hparams.top_p,
+            generator=self.generator,
+            features=features,
+        )
+
+    def training_step(self, batch: list[SegSample], batch_idx: int) -> None:
+        hp = self.hparams
+        timer = PhaseTimer()
+        with timer("generation"):
+            # 1. prompts; a frozen vision tower encodes each image once for every pass of the step
+            prompts = self.prompts(batch)
+            features = self.frozen_image_features(prompts)
+            # 2. G completions per prompt, all continuing one prefill of the prompt
+            with out_of_memory_hint(
+                "generation", len(batch), hp.group_size, "max_new_tokens or data.batch_size"
+            ):
+                rollouts = self.rollout(prompts, hp.group_size, hp.temperature, hp.max_new_tokens, features)
+        with timer("reward"):
+            # 3. rewards, then group-relative advantages
+            samples = [prompts.samples[i] for i in rollouts.prompt_index.tolist()]
+            total, per_reward = score_completions(self.rewards, rollouts.texts, samples)
+            advantages = group_advantages(total, hp.group_size, hp.advantage_scale).to(self.device)
+        with timer("logprobs"):
+            # 4. log-probs of the sampling policy (when it will move) and of the reference (KL)
+            old_logprobs, ref_logprobs = self.sampling_logprobs(prompts, rollouts, features)
+        with timer("update"):
+            # 5. num_iterations x mini-batches of clipped policy-gradient steps
+            with out_of_memory_hint(
+                "update", len(batch), hp.group_size, "micro_batch_size, or set gradient_checkpointing"
+            ):
+                update_batch = UpdateBatch(
+                    prompts, rollouts, advantages, old_logprobs, ref_logprobs, features
+                )
+                update_stats = update_policy(self, update_batch)
+        # 6. log, and keep a typed record of the step for callbacks
+        stats = self.step_statistics(rollouts, total, per_reward, advantages, update_stats, timer.seconds)
+        self._log_train(stats)
+        self.last_step = StepRecord(
+            step=self.global_step,
+            prompts=prompts,
+            rollouts=rollouts,
+            answers=[parse_answer(text) for text in rollouts.texts],
+            total_reward=total,
+            rewards=per_reward,
+            advantages=advantages,
+            masks=next((r.last_masks for r in self.rewards if r.last_masks is not None), None),
+            stats=stats,
+        )
+
+    def frozen_image_features(self, prompts: PromptBatch) -> list[torch.Tensor] | None:
+        if not self.hparams.freeze_vision:
+            return None
+        with torch.no_grad():
+            return image_features(self.policy, prompts)
+
+    def sampling_logprobs(self, prompts: PromptBatch, rollouts: Rollouts, features):
+        """(old, reference) log-probs [N, T] of the completions; None where they are not needed."""
+        hp = self.hparams
+        old_logprobs = ref_logprobs = None
+        if needs_old_logprobs(len(rollouts), hp.num_iterations, hp.mini_batch_size):
+            with torch.no_grad():
+                old_logprobs, _ = completion_logprobs(
+                    self.policy,
+                    prompts,
+                    rollouts.completion_ids,
+                    rollouts.prompt_index,
+                    temperature=self.logprob_temperature(),
+                    features=features,
+                )
+        if "reference" in self._frozen:
+            # A frozen vision tower is the initial one: the reference reuses the policy's image features.
+            ref_logprobs = self._frozen["reference"].logprobs(
+                prompts, rollouts.completion_ids, rollouts.prompt_index, self.logprob_temperature(), features
+            )
+        return old_logprobs, ref_logprobs
+
+    def step_statistics(
+        self, rollouts, total, per_reward, advantages, update_stats, seconds
+    ) -> dict[str, float]:
+        hp = self.hparams
+        gen_tokens = rollouts.completion_mask.sum().item()
+        stats = reward_statistics(total, per_reward, hp.group_size)
+        stats.update(update_stats)
+        stats.update(
+            {
+                "advantage/mean": advantages.mean().item(),
+                "advantage/std": advantages.std().item(),
+                "advantage/abs_max": advantages.abs().max().item(),
+                "completion/length": rollouts.lengths.float().mean().item(),
+                "completion/truncated_frac": rollouts.truncated.float().mean().item(),
+                "throughput/generation_tokens_per_s": gen_tokens / max(seconds["generation"], 1e-9),
+                "throughput/update_tokens_per_s": gen_tokens
+                * hp.num_iterations
+                / max(seconds["update"], 1e-9),
+                **{f"time/{k}": v for k, v in seconds.items()},
+            }
+        )
+        for reward in self.rewards:
+            for key, value in reward.details.items():
+                # NaN marks a completion with nothing to measure (e.g. no box): leave it out of the mean.
+                stats[f"reward/{reward.name}_{key}"] = value.float().nanmean().item()
+        return stats
+
+    def _log_train(self, stats: dict[str, float]) -> None:
+        bar = {"reward/mean", "kl", "reward/mask_iou_iou"}
+        for key, value in stats.items():
+            self.log(f"train/{key}", value, on_step=True, prog_bar=key in bar, batch_size=1)
+
+    def logprob_temperature(self) -> float:
+        return self.hparams.temperature if self.hparams.temperature > 0 else 1.0
+
+    # ---------------------------------------------------------------- evaluation
+    def _greedy(self, batch: list[SegSample]) -> tuple[PromptBatch, Rollouts]:
+        prompts = self.prompts(batch)
+        max_new = self.hparams.eval_max_new_tokens or self.hparams.max_new_tokens
+        # Greedy decoding: one completion per prompt (group_size 1, temperature 0).
+        return prompts, self.rollout(prompts, group_size=1, temperature=0.0, max_new_tokens=max_new)
+
+    def validation_step(self, batch: list[SegSample], batch_idx: int) -> None:
+        prompts, rollouts = self._greedy(batch)
+        self.evaluator.update(rollouts.texts, prompts.samples, self.segmenter, self.rewards)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def test_step(self, batch: list[SegSample], batch_idx: int) -> None:
+        prompts, rollouts = self._greedy(batch)
+        self.evaluator.update(rollouts.texts, prompts.samples, self.segmenter, self.rewards)
+
+    def on_test_epoch_end(self) -> None:
+        records = self.evaluator.gather_records()
+        results = self._log_eval("test")
+        if self.trainer.is_global_zero:
+            if self.hparams.predictions_path:
+                path = self.evaluator.write_predictions(self.hparams.predictions_path, records)
+                metrics_path = path.with_suffix(".metrics.json")
+                metrics_path.write_text(json.dumps({"samples": len(records), **results}, indent=2))
+                print(
+                    f"wrote {len(records)} per-sample predictions to {path} and the metrics to {metrics_path}"
+                )
+            print(summary_table(results, len(records)))
+
+    def predict_step(self, batch: list[SegSample], batch_idx: int) -> list[SampleResult]:
+        prompts, rollouts = self._greedy(batch)
+        return [
+            evaluate_sample(text, sample, self.segmenter, self.hparams.eval_multi_object)
+            for text, sample in zip(rollouts.texts, prompts.samples)
+        ]
+
+    def _log_eval(self, prefix: str) -> dict[str, float]:
+        results = self.evaluator.compute()  # already exact across processes
+        for key, value in results.items():
+            self.log(f"{prefix}/{key}", value, prog_bar=key in ("giou", "ciou"), rank_zero_only=True)
+        self.evaluator.reset()
+        return results
+
+
+def _default_rewards() -> list[Reward]:
+    from samr1.rewards import BoxIoUReward, ThinkFormatReward
+
+    return [ThinkFormatReward(), BoxIoUReward()]
