@@ -88,3 +88,23 @@ def test_fit_then_test_writes_checkpoint_and_predictions(tmp_path, tiny_checkpoi
     assert len(lines) == 16  # every test sample, none dropped
     out = capsys.readouterr().out
     assert "giou" in out and "parse_failure_rate" in out
+
+
+def test_fit_help_documents_every_module_argument(capsys, monkeypatch):
+    import inspect
+    import re
+
+    from samr1.modules.module import GRPOModule
+
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = capsys.readouterr().out
+    undocumented = []
+    for name in list(inspect.signature(GRPOModule.__init__).parameters)[1:]:
+        match = re.search(rf"\n  --model\.{name}\b[^\n]*\n?(.*?)(?=\n  --|\Z)", text, re.S)
+        entry = "" if match is None else re.sub(r"\(type:.*", "", match.group(0), flags=re.S)
+        help_text = entry.split(maxsplit=2)[2:] if entry.strip() else []
+        if not help_text or not help_text[0].strip():
+            undocumented.append(name)
+    assert undocumented == [], f"samr1 fit --help has no help text for {undocumented}"

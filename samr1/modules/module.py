@@ -39,21 +39,54 @@ class GRPOModule(L.LightningModule):
     """GRPO for reasoning segmentation (SAM-R1 / Seg-Zero recipes) with manual optimisation.
 
     Args:
-        model_path: Hugging Face directory or hub id of a Qwen2.5-VL model.
-        rewards: reward plugins (YAML `class_path`); default: think format + box IoU.
+        model_path: Hugging Face directory or cached hub id of a Qwen2.5-VL model (safetensors, no remote code).
+        rewards: reward plugins (YAML `class_path`), summed with their weights; default: think format + box IoU.
+        prompt_template: the user text around the query; `{query}` is replaced by the sample's query.
+        image_size: (width, height) every image is resized to for the policy (multiples of 28); null: Qwen's
+            smart resize within min_pixels / max_pixels. Answers map back to original pixels exactly.
+        min_pixels: smart resize lower bound on width x height (image_size null only).
+        max_pixels: smart resize upper bound on width x height (image_size null only).
         group_size: completions per prompt (G); at least 2.
+        max_new_tokens: completion length limit in training (tokens); truncated completions are logged.
+        temperature: sampling temperature of the rollouts (log-probs use the same temperature).
+        top_p: nucleus sampling mass of the rollouts (1.0: the full distribution).
+        eval_max_new_tokens: completion length limit of greedy evaluation (default: max_new_tokens).
+        learning_rate: AdamW peak learning rate.
+        weight_decay: AdamW weight decay of matrices (biases and norm gains get none).
+        adam_betas: AdamW (beta1, beta2).
+        warmup_steps: optimiser steps of linear learning-rate warm-up.
+        lr_schedule: after warm-up: constant, cosine or linear decay to 0 over the run's optimiser steps.
         num_iterations: passes over each rollout batch (mu); with more than one pass, or more than one
             mini-batch, the importance ratio moves and clipping acts.
         mini_batch_size: completions per optimiser step (default: the whole rollout batch).
         micro_batch_size: completions per forward/backward (gradient accumulation inside a mini-batch).
+        grad_clip: clip the global gradient norm to this value (null: no clipping; the norm is logged).
+        clip_low: PPO clip range below 1 (ratio >= 1 - clip_low).
+        clip_high: PPO clip range above 1 (ratio <= 1 + clip_high; DAPO's clip-higher when > clip_low).
         kl_coef: k3 KL coefficient; the reference model is loaded only when it is positive.
+        aggregation: how token terms become the loss: token (DAPO: one mean over all tokens), sequence
+            (GRPO: mean of per-sequence means) or fixed (Dr. GRPO: sum / (N x max length)).
+        advantage_scale: group (reward minus group mean, over group std), batch (over the batch std) or none
+            (Dr. GRPO: centred only).
+        entropy_coef: entropy bonus coefficient (subtracted from the loss; 0: off).
+        dtype: dtype the policy is loaded in (float32 keeps float32 master weights).
+        attn_implementation: transformers attention kernel of the policy (sdpa, eager, flash_attention_2).
+        freeze_vision: keep the vision tower frozen (its features are then computed once per step).
+        gradient_checkpointing: recompute activations in the backward pass to save memory.
         lora_rank: LoRA adapters of this rank on the language model (0: full fine-tuning); the reference is
             then the policy with adapters disabled.
+        lora_alpha: LoRA scaling numerator (the update is scaled by alpha / rank).
+        lora_dropout: dropout on the LoRA adapters' input.
         export_dir: at the end of fit, write the policy here as a Hugging Face directory (LoRA merged).
         sam_checkpoint: segment-anything checkpoint (or SAM2 directory) shared by the mask reward and evaluation.
-        predictions_path: test: write one JSON line per sample (answer, parsed box/points, IoU, failure) here.
+        sam_model_type: segment-anything architecture of sam_checkpoint (vit_h, vit_l, vit_b, vit_tiny).
+        sam_backend: segment_anything (official .pth checkpoints) or sam2 (a transformers Sam2Model directory).
+        sam_cache_size: SAM image embeddings kept in an LRU cache across steps (0: off).
+        predictions_path: test: write one JSON line per sample (answer, parsed box/points, IoU, failure) here,
+            and the metrics next to it as <name>.metrics.json.
         eval_groups: report groups for gIoU/cIoU (a sample's meta["group"], or ReasonSeg's short/long).
         eval_multi_object: evaluation unites SAM's masks for every object of a list answer.
+        seed: seed of the rollout sampling generator (offset by the process rank).
     """
 
     def __init__(
