@@ -25,3 +25,26 @@ def warm_checkpoints(tmp_path_factory) -> dict[str, str]:
     from samr1.tools.tiny import write_tiny_checkpoints
 
     return write_tiny_checkpoints(tmp_path_factory.mktemp("warm"), size="tiny", seed=0, warmup_steps=60)
+
+
+@pytest.fixture
+def cpu_trainer():
+    """A factory of quiet one-process CPU trainers: no logger, progress bar or model summary, and checkpoints
+    only when a ModelCheckpoint is among `callbacks`. Keyword arguments override or extend `L.Trainer`'s."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def make(**overrides) -> L.Trainer:
+        callbacks = overrides.get("callbacks") or []
+        options = dict(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        options.update(overrides)
+        return L.Trainer(**options)
+
+    return make

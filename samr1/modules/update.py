@@ -2,7 +2,7 @@
 
 Each mini-batch is one optimiser step; its micro-batches accumulate gradients, each weighted by its share of
 the mini-batch's aggregation units, so accumulation equals one pass over the mini-batch under every
-aggregation (tests/test_grpo.py).
+aggregation (tests/unit/modules/test_grpo.py).
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def test_every_data_config_parses_against_the_datamodule_signatures():
 
     from samr1.datamodules import SegDataModule
 
-    configs = sorted((Path(__file__).parents[1] / "configs" / "data").glob("*.yaml"))
+    configs = sorted((Path(__file__).parents[3] / "configs" / "data").glob("*.yaml"))
     assert len(configs) == 13
     for path in configs:
         parser = ArgumentParser()

@@ -21,7 +21,7 @@ class RewardHistory(L.Callback):
         self.rewards.append(float(trainer.callback_metrics["train/reward/mean"]))
 
 
-def train_toy(tiny_checkpoints, steps: int = 30, **overrides) -> list[float]:
+def train_toy(tiny_checkpoints, make_trainer, steps: int = 30, **overrides) -> list[float]:
     L.seed_everything(0)
     kwargs = dict(
         model_path=tiny_checkpoints["policy"],
@@ -41,15 +41,7 @@ def train_toy(tiny_checkpoints, steps: int = 30, **overrides) -> list[float]:
         num_train=512, image_size=56, batch_size=2, val_split=None, test_split=None
     )
     history = RewardHistory()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[history],
-    )
+    trainer = make_trainer(max_steps=steps, callbacks=[history])
     trainer.fit(module, datamodule=data)
     return history.rewards
 
@@ -61,8 +53,8 @@ def learned(rewards: list[float]) -> tuple[float, float]:
     return sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
 
 
-def test_grpo_raises_a_toy_reward(tiny_checkpoints):
-    start, end = learned(train_toy(tiny_checkpoints, steps=STEPS, learning_rate=LR))
+def test_grpo_raises_a_toy_reward(tiny_checkpoints, cpu_trainer):
+    start, end = learned(train_toy(tiny_checkpoints, cpu_trainer, steps=STEPS, learning_rate=LR))
     assert start < 0.5, f"the random policy should only sometimes hit the toy reward, got {start:.3f}"
     assert end > start + GAIN, f"GRPO did not learn: mean reward {start:.3f} -> {end:.3f}"
 
@@ -89,8 +81,10 @@ def _inverted_mask_loss(logprobs, old, advantages, mask, **kwargs):
     ],
     ids=["advantage-sign", "advantage-normalisation", "completion-mask"],
 )
-def test_the_learning_test_fails_when_grpo_is_broken(tiny_checkpoints, monkeypatch, where, target, broken):
+def test_the_learning_test_fails_when_grpo_is_broken(
+    tiny_checkpoints, cpu_trainer, monkeypatch, where, target, broken
+):
     # The learning bar above must catch each of these bugs, or it proves nothing.
     monkeypatch.setattr(where, target, broken)
-    start, end = learned(train_toy(tiny_checkpoints, steps=STEPS, learning_rate=LR))
+    start, end = learned(train_toy(tiny_checkpoints, cpu_trainer, steps=STEPS, learning_rate=LR))
     assert end <= start + GAIN, f"a broken {target} still cleared the bar: {start:.3f} -> {end:.3f}"

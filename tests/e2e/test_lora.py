@@ -14,16 +14,12 @@ from samr1.modules.policy import GRPOModule
 from samr1.modules.reference import ReferenceModel
 
 
-def _fit(module: GRPOModule, root, steps: int = 4) -> L.Trainer:
+def _fit(make_trainer, module: GRPOModule, root, steps: int = 4) -> L.Trainer:
     data = SyntheticShapesDataModule(
         num_train=16, image_size=56, batch_size=2, val_split=None, test_split=None
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = make_trainer(
         max_steps=steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=root,
         callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=root, save_last=True)],
     )
@@ -45,10 +41,10 @@ def _module(tiny_checkpoints, **kwargs) -> GRPOModule:
     )
 
 
-def test_lora_trains_adapters_only_and_exports_merged(tiny_checkpoints, tmp_path):
+def test_lora_trains_adapters_only_and_exports_merged(tiny_checkpoints, cpu_trainer, tmp_path):
     module = _module(tiny_checkpoints, lora_rank=4, lora_alpha=8)
     initial = {k: v.clone() for k, v in module_state(tiny_checkpoints).items()}
-    trainer = _fit(module, tmp_path)
+    trainer = _fit(cpu_trainer, module, tmp_path)
     trainable = [n for n, p in module.policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert not any("visual" in n for n in trainable)
@@ -79,9 +75,9 @@ def test_lora_trains_adapters_only_and_exports_merged(tiny_checkpoints, tmp_path
     assert trainer.global_step == 4
 
 
-def test_samr1_export_writes_a_loadable_directory(tiny_checkpoints, tmp_path):
+def test_samr1_export_writes_a_loadable_directory(tiny_checkpoints, cpu_trainer, tmp_path):
     module = _module(tiny_checkpoints)
-    _fit(module, tmp_path, steps=2)
+    _fit(cpu_trainer, module, tmp_path, steps=2)
     main(["export", str(tmp_path / "last.ckpt"), str(tmp_path / "hf")])
     loaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "hf")
     for name, value in module.policy.state_dict().items():

@@ -25,7 +25,9 @@ class LossHistory(L.Callback):
             trainer.should_stop = True
 
 
-def run(tiny_checkpoints, root, stop_after: int | None = None, ckpt_path: str | None = None) -> LossHistory:
+def run(
+    tiny_checkpoints, make_trainer, root, stop_after: int | None = None, ckpt_path: str | None = None
+) -> LossHistory:
     L.seed_everything(0)
     module = GRPOModule(
         model_path=tiny_checkpoints["policy"],
@@ -46,12 +48,8 @@ def run(tiny_checkpoints, root, stop_after: int | None = None, ckpt_path: str | 
     )
     history = LossHistory(stop_after)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=1)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = make_trainer(
         max_steps=16,  # optimiser steps: 2 per rollout batch here (num_iterations=2)
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[history, checkpoint],
         default_root_dir=root,
     )
@@ -59,10 +57,12 @@ def run(tiny_checkpoints, root, stop_after: int | None = None, ckpt_path: str | 
     return history
 
 
-def test_resume_gives_the_same_losses(tiny_checkpoints, tmp_path):
-    full = run(tiny_checkpoints, tmp_path / "full")
-    first = run(tiny_checkpoints, tmp_path / "part", stop_after=4)
-    resumed = run(tiny_checkpoints, tmp_path / "part", ckpt_path=str(tmp_path / "part" / "last.ckpt"))
+def test_resume_gives_the_same_losses(tiny_checkpoints, cpu_trainer, tmp_path):
+    full = run(tiny_checkpoints, cpu_trainer, tmp_path / "full")
+    first = run(tiny_checkpoints, cpu_trainer, tmp_path / "part", stop_after=4)
+    resumed = run(
+        tiny_checkpoints, cpu_trainer, tmp_path / "part", ckpt_path=str(tmp_path / "part" / "last.ckpt")
+    )
     assert first.losses + resumed.losses == full.losses
     assert first.rewards + resumed.rewards == full.rewards
     assert len(resumed.losses) == 4

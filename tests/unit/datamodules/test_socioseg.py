@@ -7,7 +7,6 @@ import json
 import re
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -466,7 +465,7 @@ def test_list_answer_is_segmented_as_the_union_of_its_objects(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- end to end
-def test_two_image_prompts_run_through_the_tiny_model(tmp_path, tiny_checkpoints, monkeypatch):
+def test_two_image_prompts_run_through_the_tiny_model(tmp_path, tiny_checkpoints, cpu_trainer, monkeypatch):
     from samr1.modules.policy import GRPOModule
     from samr1.rewards import ThinkFormatReward
 
@@ -498,9 +497,7 @@ def test_two_image_prompts_run_through_the_tiny_model(tmp_path, tiny_checkpoints
         on_error="skip",
         eval_batch_size=2,
     )
-    trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
-    )
+    trainer = cpu_trainer()
     results = trainer.test(module, datamodule=data, verbose=False)[0]
     assert sum(len(batch) for batch in seen) == 3
     for batch in seen:
@@ -552,7 +549,7 @@ def test_samr1_test_prints_per_level_metrics(tmp_path, tiny_checkpoints, capsys)
     assert sorted(r["id"] for r in rows) == ["0002", "0003", "0004", "socio-name_0001"]
 
 
-def test_two_image_training_steps_run_through_the_tiny_model(tmp_path, tiny_checkpoints):
+def test_two_image_training_steps_run_through_the_tiny_model(tmp_path, tiny_checkpoints, cpu_trainer):
     from samr1.modules.policy import GRPOModule
     from samr1.rewards import ThinkFormatReward
 
@@ -569,14 +566,7 @@ def test_two_image_training_steps_run_through_the_tiny_model(tmp_path, tiny_chec
     data = SocioSegDataModule(
         str(tmp_path / "SocioSeg"), images="map+satellite", val_split=None, test_split=None, on_error="skip"
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = cpu_trainer(max_steps=2)
     trainer.fit(module, datamodule=data)
     record = module.last_step
     prompts, rollouts, total = record.prompts, record.rollouts, record.total_reward

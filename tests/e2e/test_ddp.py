@@ -69,7 +69,7 @@ def test_two_process_ddp_training_keeps_replicas_identical(tmp_path, warm_checkp
         "--trainer.callbacks+=toy_rewards.ParameterChecksum",
         f"--trainer.callbacks.out_dir={tmp_path}",
     ]
-    tests_dir = os.path.dirname(__file__)
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # fixtures_data, toy_rewards
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": tests_dir}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
