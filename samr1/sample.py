@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from samr1.images import load_image, to_rgb
+
 
 @dataclass(frozen=True)
 class CoordTransform:
@@ -70,15 +72,15 @@ class SegSample:
             )
 
     def load_image(self) -> Image.Image:
-        """The image as RGB. In-memory images are returned as they are; files are opened on each call."""
+        """The image as RGB. In-memory images are returned as they are (converted by `samr1.images.to_rgb`
+        if not RGB); files are read on each call with `samr1.images.load_image` (EXIF orientation applied,
+        every mode scaled to 8-bit RGB), the reader every dataset uses."""
         if self.image is not None:
-            return self.image if self.image.mode == "RGB" else self.image.convert("RGB")
-        path = Path(self.image_path)  # type: ignore[arg-type]
+            return to_rgb(self.image)
         try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except (OSError, ValueError) as err:
-            raise ValueError(f"sample {self.id!r}: cannot read image {path}: {err}") from err
+            return load_image(Path(self.image_path))  # type: ignore[arg-type]
+        except ValueError as err:
+            raise ValueError(f"sample {self.id!r}: {err}") from err
 
     def to_original(self, xy: np.ndarray | list | tuple) -> np.ndarray:
         """Model-space points [..., 2] or boxes [..., 4] -> original pixels (identity without a transform)."""
