@@ -1,59 +1,49 @@
-"""What every samr1 DataModule shares: loaders of `SegSample` lists and the bad-sample policy.
+"""What every samr1 DataModule shares: loaders of `SegSample` batches, the loader options, the bad-sample policy.
 
-Batches are plain lists of `SegSample`; the policy module turns them into prompts with its own processor,
-so a DataModule never depends on which model reads it.
+Batches are lists of `SegSample` (`SampleBatch`, which also carries the samples that could not be read); the
+policy module turns them into prompts with its own processor, so a DataModule never depends on which model
+reads it. How samples are read and what a broken one does is in `samr1.datamodules.reading`.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Literal
-
 import lightning as L
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from samr1.datamodules.reading import (
+    BadSampleLog,
+    GuardedReads,
+    ListDataset,
+    OnError,
+    ReadFailure,
+    ReadFailureLog,
+    SampleBatch,
+    SampleDataset,
+    SampleError,
+    collate_reads,
+    collate_samples,
+    report_bad,
+    require_path,
+)
 from samr1.datamodules.samplers import EvalSampler, ResumableSampler
-from samr1.sample import SegSample
-
-log = logging.getLogger(__name__)
-
-OnError = Literal["error", "skip"]
-
-
-def collate_samples(samples: Sequence[SegSample]) -> list[SegSample]:
-    """Batches stay lists of samples: images differ in size and prompts are built by the policy."""
-    return list(samples)
-
-
-class SampleError(ValueError):
-    """A broken sample: the message names its file and id."""
-
-
-class BadSampleLog:
-    """Counts and reports samples dropped under `on_error="skip"`; raises under `on_error="error"`."""
-
-    def __init__(self, on_error: OnError, dataset: str) -> None:
-        if on_error not in ("error", "skip"):
-            raise ValueError(f"on_error must be 'error' or 'skip', got {on_error!r}")
-        self.on_error = on_error
-        self.dataset = dataset
-        self.skipped: list[str] = []
-
-    def handle(self, err: Exception, where: str) -> None:
-        message = f"{self.dataset}: {where}: {err}"
-        if self.on_error == "error":
-            raise SampleError(message) from err
-        self.skipped.append(message)
-        log.warning("skipping broken sample (%d so far): %s", len(self.skipped), message)
+from samr1.images import image_size
 
 
 class SegDataModule(L.LightningDataModule):
-    """Base of the per-benchmark DataModules: subclasses implement `build_dataset(split)`.
+    """Base of the per-benchmark DataModules: subclasses implement `build_dataset(split)` and forward their
+    other arguments here (`**loader`), so the loader options are declared, typed and documented once and
+    `--print_config` / `--help` show them under every DataModule.
 
-    `train_split`, `val_split`, `test_split` name the splits each stage reads (None: the stage is unused).
+    Args:
+        train_split: split the fit stage trains on (None: no training data).
+        val_split: split validated on during fit and by `samr1 validate` (None: no validation).
+        test_split: split `samr1 test` and `samr1 predict` read (None: unused).
+        batch_size: training prompts per process and step (each gets `group_size` completions).
+        eval_batch_size: prompts per process and step in validation, test and predict.
+        num_workers: DataLoader worker processes that read and decode samples (0: in the main process).
+        seed: seed of the training shuffle (the same seed gives the same order, and exact resume).
+        on_error: what a broken sample does, at set-up and when it is read: "error" stops with a message
+            naming its file (and line) and id; "skip" leaves it out, logs it and counts it (docs/data.md).
     """
 
     def __init__(
@@ -68,6 +58,13 @@ class SegDataModule(L.LightningDataModule):
         on_error: OnError = "error",
     ) -> None:
         super().__init__()
+        if on_error not in ("error", "skip"):
+            raise ValueError(f"on_error must be 'error' or 'skip', got {on_error!r}")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"data.{name} must be a positive integer, got {value!r}")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"data.num_workers must be a non-negative integer, got {num_workers!r}")
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -75,6 +72,7 @@ class SegDataModule(L.LightningDataModule):
         self.seed = seed
         self.on_error = on_error
         self.datasets: dict[str, Dataset] = {}
+        self.read_failures = ReadFailureLog()
 
     def build_dataset(self, split: str) -> Dataset:
         raise NotImplementedError
@@ -99,21 +97,33 @@ class SegDataModule(L.LightningDataModule):
         if split is None:
             return []
         dataset = self.dataset(split)
+        # Training replaces an unreadable sample by the next readable one (batches keep their size, so
+        # processes stay in step and resume stays exact); evaluation leaves it out and counts it.
+        reads = GuardedReads(dataset, self.on_error, substitute=shuffle, split=split)
         if shuffle:
-            sampler = ResumableSampler(dataset, seed=self.seed)
+            sampler = ResumableSampler(reads, seed=self.seed)
             consumed = self._consumed_batches()
             if consumed < -(-len(sampler) // batch_size):  # a checkpoint at an epoch's end starts a new one
                 sampler.skip(consumed * batch_size)
         else:
-            sampler = EvalSampler(dataset)
+            sampler = EvalSampler(reads)
         return DataLoader(
-            dataset,
+            reads,
             batch_size=batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=collate_samples,
+            collate_fn=collate_reads,
             persistent_workers=self.num_workers > 0,
         )
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Logs and counts (once each, in this process) the samples a batch's reads skipped."""
+        if isinstance(batch, SampleBatch):
+            for failure in batch.failures:
+                dataset = self.datasets.get(failure.split)
+                if self.read_failures.record(failure) and isinstance(dataset, SampleDataset):
+                    dataset.bad.skipped.append(failure.message)
+        return batch
 
     def _consumed_batches(self) -> int:
         """Training batches a resumed run already trained on in its current epoch (0 on a fresh start).
@@ -139,42 +149,20 @@ class SegDataModule(L.LightningDataModule):
         return self._loader(self.test_split, self.eval_batch_size, shuffle=False)
 
 
-class ListDataset(Dataset):
-    """A map-style dataset over a list of sample factories (built lazily so workers decode images)."""
-
-    def __init__(self, items: Sequence[Callable[[], SegSample]]) -> None:
-        self.items = list(items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> SegSample:
-        return self.items[index]()
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image file's header: FileNotFoundError naming a missing file, ValueError for
-    one PIL cannot identify. Only the header is read: decoding every image would make setup as slow as an
-    epoch (a truncated file still fails later, when the image is loaded)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
-
-
-def report_bad(bad: BadSampleLog, err: Exception, where: str) -> None:
-    """`bad.handle(err, where)`, except that under "error" a missing file stays a FileNotFoundError (naming
-    the path), so callers and users see the usual exception for a file that is not there."""
-    if isinstance(err, FileNotFoundError) and bad.on_error == "error":
-        raise FileNotFoundError(f"{bad.dataset}: {where}: {err}") from err
-    bad.handle(err, where)
-
-
-def require_path(path: Path, what: str) -> Path:
-    """`path` if it exists; FileNotFoundError naming it otherwise (a dataset's root, split folder, index)."""
-    if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    return path
+__all__ = [
+    "BadSampleLog",
+    "GuardedReads",
+    "ListDataset",
+    "OnError",
+    "ReadFailure",
+    "ReadFailureLog",
+    "SampleBatch",
+    "SampleDataset",
+    "SampleError",
+    "SegDataModule",
+    "collate_reads",
+    "collate_samples",
+    "image_size",
+    "report_bad",
+    "require_path",
+]

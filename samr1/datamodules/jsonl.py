@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
-from torch.utils.data import Dataset
 
-from samr1.datamodules.base import BadSampleLog, OnError, SegDataModule, image_size, report_bad, require_path
+from samr1.datamodules.base import OnError, SegDataModule
+from samr1.datamodules.checks import check_box, check_mask_png, check_points, check_rle
 from samr1.datamodules.masks import (
     decode_rle,
     inscribed_circle_points,
@@ -28,6 +27,8 @@ from samr1.datamodules.masks import (
     polygon_array,
     tight_box,
 )
+from samr1.datamodules.reading import BadSampleLog, SampleDataset, report_bad, require_path
+from samr1.images import image_info, load_image, open_image
 from samr1.sample import SegSample
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class _Record:
     id: str
     query: str
     image_path: Path
-    size: tuple[int, int]  # (width, height) of the image
+    size: tuple[int, int]  # (width, height) of the upright image
     mask_kind: str
     mask_value: Any  # the RLE dict, the polygon list, or the PNG's Path
     box: tuple[float, float, float, float] | None
@@ -50,43 +51,47 @@ class _Record:
 
 def png_mask(path: Path) -> np.ndarray:
     """uint8 mask of a single-channel PNG: 255 stays 255 (ignored), any other non-zero value becomes 1."""
-    with Image.open(path) as image:
-        # Mode "1" reads as bool: True is target (convert("L") would turn it into 255, i.e. ignored).
-        values = np.array(image).astype(np.uint8) if image.mode == "1" else np.array(image)
-    if values.ndim != 2:
+    image = open_image(path)
+    if image.mode not in ("L", "P", "1"):
         raise ValueError(f"mask PNG {path} must have one channel (mode L, P or 1), got mode {image.mode}")
+    # Mode "1" reads as bool: True is target (convert("L") would turn it into 255, i.e. ignored).
+    values = np.asarray(image).astype(np.uint8)
     mask = (values != 0).astype(np.uint8)
     mask[values == 255] = 255
     return mask
 
 
-def _box(value: Any) -> tuple[float, float, float, float] | None:
-    if value is None:
-        return None
-    box = tuple(float(v) for v in value)
-    if len(box) != 4 or box[2] < box[0] or box[3] < box[1]:
-        raise ValueError(f"'box' must be [x1, y1, x2, y2] with x1 <= x2, y1 <= y2, got {value!r}")
-    return box  # type: ignore[return-value]
+def jsonl_lines(path: Path):
+    """(line number, text) of each non-blank line, decoded as UTF-8 (a byte-order mark at the start of the
+    file is dropped); a line that is not UTF-8 comes as (number, UnicodeDecodeError) so it can be reported
+    with its line and follow `on_error` like any other broken line."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield number, err
+                continue
+            if text.strip():
+                yield number, text
 
 
-def _points(value: Any) -> list[tuple[float, float]] | None:
-    if value is None:
-        return None
-    points = [(float(x), float(y)) for x, y in value]
-    if not points:
-        raise ValueError("'points' must be a non-empty list of [x, y]")
-    return points
-
-
-class JsonlSegDataset(Dataset):
+class JsonlSegDataset(SampleDataset):
     """Samples of one JSONL file, in line order; blank lines are ignored.
 
     Masks: `mask_rle` is the target (it cannot carry ignored pixels); `polygons` are target polygons,
     rasterised as LISA does (int32-truncated points, outline + fill) at the image's size; `mask_png` is read as
     non-zero = target and 255 = ignored. `box` and `points` default to the mask's tight box and the centres of
-    its two largest inscribed circles. meta: the line's `meta` plus `source` ("<file>:<line>").
-    Missing JSONL file: FileNotFoundError at construction. A malformed line, duplicate id, or missing or
-    unreadable image or mask PNG is reported as "<file>:<line>" with the id and follows `on_error`.
+    its two largest inscribed circles. meta: the line's `meta` plus `source` ("<file>:<line>"). Images are
+    read with `samr1.images.load_image` (EXIF orientation applied, every mode scaled to RGB) when a sample is
+    read; sizes are the upright image's.
+    Missing JSONL file: FileNotFoundError at construction. A line that is not UTF-8 or not JSON, a duplicate
+    id, a missing or unreadable image or mask PNG, an RLE that does not decode to the image's size, a mask
+    PNG that is not single-channel, a box or points that are not finite or lie outside the image: reported
+    as "<file>:<line>" with the id, following `on_error`. What fails only when decoded (a truncated image)
+    fails when the sample is read, named the same way.
     """
 
     def __init__(
@@ -98,25 +103,25 @@ class JsonlSegDataset(Dataset):
         self.bad = BadSampleLog(on_error, self.name)
         self.items: list[_Record] = []
         seen: set[str] = set()
-        with open(self.path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{self.path}:{number}"
-                try:
-                    record = self._record(json.loads(line), base, self.path.parent, where)
-                    if record.id in seen:
-                        raise ValueError(f"duplicate id {record.id!r}")
-                except KeyError as err:
-                    report_bad(self.bad, ValueError(f"missing key {err}"), where)
-                    continue
-                except (FileNotFoundError, ValueError, TypeError) as err:
-                    report_bad(self.bad, err, where)
-                    continue
-                seen.add(record.id)
-                self.items.append(record)
-        if self.bad.skipped:
-            log.warning("%s: skipped %d lines; kept %d", self.name, len(self.bad.skipped), len(self.items))
+        for number, text in jsonl_lines(self.path):
+            where = f"{self.path}:{number}"
+            try:
+                if isinstance(text, UnicodeDecodeError):
+                    raise ValueError(
+                        f"not UTF-8: byte {text.object[text.start]:#04x} at column {text.start + 1}"
+                    )
+                record = self._record(json.loads(text), base, self.path.parent, where)
+                if record.id in seen:
+                    raise ValueError(f"duplicate id {record.id!r}")
+            except KeyError as err:
+                report_bad(self.bad, ValueError(f"missing key {err}"), where)
+                continue
+            except (FileNotFoundError, ValueError, TypeError) as err:
+                report_bad(self.bad, err, where)
+                continue
+            seen.add(record.id)
+            self.items.append(record)
+        self.bad.summary(len(self.items), "lines")
 
     @staticmethod
     def _record(line: Any, base: Path, folder: Path, where: str) -> _Record:
@@ -130,26 +135,28 @@ class JsonlSegDataset(Dataset):
             raise ValueError(f"sample {sample_id}: needs exactly one of {', '.join(MASK_KEYS)}, got {kinds}")
         kind, value = kinds[0], line[kinds[0]]
         try:
+            if not isinstance(line["image"], str):
+                raise ValueError(f"'image' must be a path string, got {line['image']!r}")
             image_path = base / line["image"]
-            size = image_size(image_path)
+            size = image_info(image_path).size
             if kind == "mask_rle":
-                if [int(v) for v in value["size"]] != [size[1], size[0]]:
+                if not isinstance(value, dict) or not isinstance(value.get("counts"), str):
                     raise ValueError(
-                        f"mask_rle size {value['size']} differs from the image's [h, w] {size[::-1]}"
+                        "mask_rle must be {'size': [h, w], 'counts': <COCO compressed RLE string>}"
                     )
-                if not isinstance(value["counts"], str):
-                    raise ValueError("mask_rle 'counts' must be a COCO compressed RLE string")
+                check_rle(value, size[1], size[0], "mask_rle")
             elif kind == "polygons":
                 if not isinstance(value, list):
                     raise ValueError("'polygons' must be a list of [[x, y], ...] polygons")
                 for polygon in value:
                     polygon_array(polygon)
             else:
+                if not isinstance(value, str):
+                    raise ValueError(f"'mask_png' must be a path string, got {value!r}")
                 value = folder / value
-                mask_size = image_size(value)
-                if mask_size != size:
-                    raise ValueError(f"mask PNG {value} is {mask_size}, the image {size}")
-            box, points = _box(line.get("box")), _points(line.get("points"))
+                check_mask_png(image_info(value), size, value)
+            box = None if line.get("box") is None else check_box(line["box"], size)
+            points = None if line.get("points") is None else check_points(line["points"], size)
             meta = line.get("meta") or {}
             if not isinstance(meta, dict):
                 raise ValueError("'meta' must be an object")
@@ -169,13 +176,15 @@ class JsonlSegDataset(Dataset):
             meta={**meta, "source": where},
         )
 
-    @property
-    def skipped(self) -> list[str]:
-        """One message per line dropped under `on_error="skip"`."""
-        return self.bad.skipped
-
     def __len__(self) -> int:
         return len(self.items)
+
+    def where(self, index: int) -> str:
+        item = self.items[index]
+        return f"{item.meta['source']}: sample {item.id}"
+
+    def sample_id(self, index: int) -> str:
+        return self.items[index].id
 
     def _mask(self, item: _Record) -> np.ndarray:
         width, height = item.size
@@ -188,17 +197,18 @@ class JsonlSegDataset(Dataset):
             raise ValueError(f"mask PNG {item.mask_value} is {mask.shape[::-1]}, the image {item.size}")
         return mask
 
-    def __getitem__(self, index: int) -> SegSample:
+    def read(self, index: int) -> SegSample:
         item = self.items[index]
-        try:
-            mask = self._mask(item)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{item.meta['source']}: sample {item.id}: {err}") from err
+        image = load_image(item.image_path)
+        if image.size != item.size:
+            raise ValueError(f"image {item.image_path} decodes to {image.size}, its header said {item.size}")
+        mask = self._mask(item)
         target = mask == 1
         return SegSample(
             id=item.id,
             query=item.query,
             mask=mask,
+            image=image,
             image_path=str(item.image_path),
             box=item.box if item.box is not None else tight_box(target),
             points=item.points if item.points is not None else inscribed_circle_points(target),
@@ -207,9 +217,15 @@ class JsonlSegDataset(Dataset):
 
 
 class JsonlSegDataModule(SegDataModule):
-    """DataModule over JSONL files: `path` is the training file (e.g. the `train.jsonl` that
-    `samr1 prepare refcocog-subset` writes), `val_path` and `test_path` the optional evaluation files; a stage
-    whose file is None is unused. Images resolve against `image_root` or each file's folder."""
+    """DataModule over JSONL files; a stage whose file is None is unused. The loader options (batch_size,
+    eval_batch_size, num_workers, seed, on_error) are `SegDataModule`'s.
+
+    Args:
+        path: the training file (e.g. the `train.jsonl` that `samr1 prepare refcocog-subset` writes).
+        val_path: the validation file.
+        test_path: the file `samr1 test` evaluates.
+        image_root: folder the lines' `image` paths are relative to (default: each file's folder).
+    """
 
     def __init__(
         self,
@@ -217,22 +233,14 @@ class JsonlSegDataModule(SegDataModule):
         val_path: str | None = None,
         test_path: str | None = None,
         image_root: str | None = None,
-        batch_size: int = 2,
-        eval_batch_size: int = 4,
-        num_workers: int = 0,
-        seed: int = 0,
-        on_error: OnError = "error",
+        **loader,
     ) -> None:
         self.paths = {"train": path, "val": val_path, "test": test_path}
         super().__init__(
             train_split="train" if path else None,
             val_split="val" if val_path else None,
             test_split="test" if test_path else None,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            on_error=on_error,
+            **loader,
         )
         self.image_root = image_root
 

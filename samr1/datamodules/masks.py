@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from samr1.datamodules.checks import check_rle
 from samr1.geometry import component_boxes, inscribed_circle_points, tight_box  # noqa: F401 (re-exported)
 
 Polygon = Sequence[Sequence[float]]  # [[x, y], ...] in original pixels
@@ -74,7 +75,9 @@ def paint_polygons(polygons: Sequence[tuple[Polygon, int]], height: int, width: 
 
 
 def decode_rle(rle: dict[str, Any]) -> np.ndarray:
-    """Boolean H x W mask of a COCO RLE dict (`counts` as a string or bytes, or an uncompressed list)."""
+    """Boolean H x W mask of a COCO RLE dict (`counts` as a string or bytes, or an uncompressed list).
+    ValueError for one whose runs do not cover exactly H x W pixels: pycocotools would decode it to junk."""
+    check_rle(rle)
     height, width = (int(v) for v in rle["size"])
     counts = rle["counts"]
     if isinstance(counts, list):  # uncompressed RLE (COCO's iscrowd annotations)

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps
-from torch.utils.data import Dataset
-
-from samr1.datamodules.base import BadSampleLog, OnError, SegDataModule, image_size, report_bad, require_path
+from samr1.datamodules.base import OnError, SegDataModule
 from samr1.datamodules.masks import inscribed_circle_points, paint_polygons, polygon_array, tight_box
+from samr1.datamodules.reading import BadSampleLog, SampleDataset, report_bad, require_path
+from samr1.images import image_size, load_image
 from samr1.sample import SegSample
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,7 @@ def _parse(annotation: Any) -> tuple[list[str], bool, list[tuple[list, int]]]:
     return texts, bool(annotation["is_sentence"]), polygons
 
 
-class ReasonSegDataset(Dataset):
+class ReasonSegDataset(SampleDataset):
     """One ReasonSeg split. `root` is the `ReasonSeg` folder holding train/, val/, test/.
 
     Samples: one per image with its first text (`text[0]`), the protocol of every reported val/test number;
@@ -73,8 +72,9 @@ class ReasonSegDataset(Dataset):
     an epoch sees every query; ids then end in `#<text index>`). Images are in name order. The mask is LISA's
     (see the module doc), empty when a file has no polygons; `box` and `points` are the tight box and the
     two largest inscribed circles of its target pixels (None when empty). meta: is_sentence (long query),
-    text_index, num_texts, name, split. Images are decoded when a sample is read, with their EXIF orientation
-    applied as OpenCV (LISA) and labelme (the annotators' tool) do, and carried in `sample.image`.
+    text_index, num_texts, name, split. Images are decoded when a sample is read (`samr1.images.load_image`:
+    EXIF orientation applied as OpenCV (LISA) and labelme (the annotators' tool) do), and carried in
+    `sample.image`; a truncated image fails then, naming the file and id.
 
     A `.jpg` without its `.json` (or the reverse) is a missing file; with broken JSON it follows `on_error`.
     """
@@ -87,6 +87,7 @@ class ReasonSegDataset(Dataset):
         self.bad = BadSampleLog(on_error, self.name)
         names = sorted({p.stem for p in folder.glob("*.jpg")} | {p.stem for p in folder.glob("*.json")})
         self.items: list[_Query] = []
+        kept = 0
         for name in names:
             image_path, json_path = folder / f"{name}.jpg", folder / f"{name}.json"
             where = f"sample {name} ({json_path})"
@@ -97,6 +98,7 @@ class ReasonSegDataset(Dataset):
             except (FileNotFoundError, ValueError, KeyError, TypeError) as err:
                 report_bad(self.bad, err, where)
                 continue
+            kept += 1
             chosen = range(len(texts)) if all_texts else [0]
             for index in chosen:
                 meta = {"is_sentence": is_sentence, "text_index": index, "num_texts": len(texts)}
@@ -109,26 +111,21 @@ class ReasonSegDataset(Dataset):
                         meta={**meta, "name": name, "split": split},
                     )
                 )
-        if self.bad.skipped:
-            log.warning("%s: skipped %d images; kept %d", self.name, len(self.bad.skipped), len(names))
-
-    @property
-    def skipped(self) -> list[str]:
-        """One message per image dropped under `on_error="skip"`."""
-        return self.bad.skipped
+        self.bad.summary(kept, "images")
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> SegSample:
+    def where(self, index: int) -> str:
         item = self.items[index]
-        try:
-            with Image.open(item.image_path) as raw:
-                image = ImageOps.exif_transpose(raw).convert("RGB")
-        except (OSError, ValueError) as err:
-            raise ValueError(
-                f"{self.name}: sample {item.id}: cannot read image {item.image_path}: {err}"
-            ) from err
+        return f"sample {item.id} ({item.image_path})"
+
+    def sample_id(self, index: int) -> str:
+        return self.items[index].id
+
+    def read(self, index: int) -> SegSample:
+        item = self.items[index]
+        image = load_image(item.image_path)
         mask = paint_polygons(item.polygons, image.height, image.width)
         target = mask == 1
         return SegSample(
@@ -144,32 +141,16 @@ class ReasonSegDataset(Dataset):
 
 
 class ReasonSegDataModule(SegDataModule):
-    """ReasonSeg DataModule. `train_all_texts`: the train split yields every (image, text) pair (True) or
-    only each image's first text; val and test always use the first text (LISA's protocol)."""
+    """ReasonSeg DataModule; val and test always use each image's first text (LISA's protocol). The loader
+    options (splits, batch_size, eval_batch_size, num_workers, seed, on_error) are `SegDataModule`'s.
 
-    def __init__(
-        self,
-        root: str = "data/ReasonSeg",
-        train_all_texts: bool = True,
-        train_split: str | None = "train",
-        val_split: str | None = "val",
-        test_split: str | None = "test",
-        batch_size: int = 2,
-        eval_batch_size: int = 4,
-        num_workers: int = 0,
-        seed: int = 0,
-        on_error: OnError = "error",
-    ) -> None:
-        super().__init__(
-            train_split=train_split,
-            val_split=val_split,
-            test_split=test_split,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            on_error=on_error,
-        )
+    Args:
+        root: the `ReasonSeg` folder holding train/, val/, test/.
+        train_all_texts: the train split yields every (image, text) pair (True) or only each image's first.
+    """
+
+    def __init__(self, root: str = "data/ReasonSeg", train_all_texts: bool = True, **loader) -> None:
+        super().__init__(**loader)
         self.root = root
         self.train_all_texts = train_all_texts
 

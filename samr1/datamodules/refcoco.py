@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
 
-from samr1.datamodules.base import BadSampleLog, OnError, SegDataModule, image_size, report_bad, require_path
+from samr1.datamodules.base import OnError, SegDataModule
+from samr1.datamodules.checks import check_box, check_coco_segmentation
 from samr1.datamodules.masks import decode_coco_segmentation, inscribed_circle_points
+from samr1.datamodules.reading import BadSampleLog, SampleDataset, report_bad, require_path
+from samr1.images import image_size, load_image
 from samr1.sample import SegSample
 
 log = logging.getLogger(__name__)
@@ -37,14 +39,48 @@ class _Expression:
     meta: dict[str, Any]
 
 
+# What a refs pickle may name besides the opcodes for lists, dicts, tuples, strings, bytes and numbers (which
+# need no lookup): harmless builtin containers. Anything else (a function, a class) is refused unloaded.
+_PICKLE_ALLOWED = {("builtins", "set"), ("builtins", "frozenset")}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles only builtin containers and scalars: a global other than set / frozenset (`os.system`, a
+    class) raises `pickle.UnpicklingError` before anything is called, so nothing in the file runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PICKLE_ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"it names {module}.{name}; a refs pickle holds only lists, dicts, strings and numbers"
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("it holds a persistent id; a refs pickle holds only builtin values")
+
+
 def load_refs(path: Path) -> list[dict[str, Any]]:
-    """The refer toolkit's refs list. The file is a pickle: only load the official release (or one you
-    made); unpickling runs code from the file."""
+    """The refer toolkit's refs list, read with `RestrictedUnpickler` (only builtin containers and scalars,
+    so a crafted file cannot run code). ValueError naming the file for anything else, or a damaged file."""
     with open(require_path(path, "refs pickle"), "rb") as f:
-        return pickle.load(f)  # noqa: S301 - the official, trusted refer toolkit file
+        try:
+            refs = RestrictedUnpickler(f).load()
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            ValueError,
+            TypeError,
+            IndexError,
+            KeyError,
+            AttributeError,
+        ) as err:
+            raise ValueError(f"refs pickle {path} refused: {err}") from err
+    if not isinstance(refs, list) or not all(isinstance(ref, dict) for ref in refs):
+        raise ValueError(f"refs pickle {path} must hold a list of refs (dicts), got {type(refs).__name__}")
+    return refs
 
 
-class RefCOCODataset(Dataset):
+class RefCOCODataset(SampleDataset):
     """Expression-level RefCOCO / RefCOCO+ / RefCOCOg split.
 
     `dataset` is the folder under `data_root` ("refcoco", "refcoco+", "refcocog"); `split_by` the refs pickle
@@ -52,8 +88,11 @@ class RefCOCODataset(Dataset):
     umd: train, val, test). Each sample: `query` = the sentence's `sent`; mask = the annotation's segmentation
     (polygons or RLE) decoded and unioned with pycocotools; `box` = the annotation's xywh as x1, y1, x2, y2;
     `points` = the two largest inscribed circles' centres of the mask; meta: raw, ref_id, ann_id, image_id,
-    sent_id, category. Missing index files raise at construction; broken refs and missing or unreadable
-    images follow `on_error` ("skip" counts them in `skipped`).
+    sent_id, category. Missing index files raise at construction; broken refs (a segmentation that does not
+    decode to the image's size, a box that is not finite or lies outside the image) and missing or
+    unreadable images follow `on_error` ("skip" counts them in `skipped`). Images are read with
+    `samr1.images.load_image` when a sample is read (EXIF orientation applied, as OpenCV's imread in the
+    refer toolkit and LISA does), and must have the size instances.json gives.
     """
 
     def __init__(
@@ -75,7 +114,7 @@ class RefCOCODataset(Dataset):
         available = sorted({str(ref.get("split")) for ref in refs})
         if split not in available:
             raise ValueError(f"{refs_path} has no split {split!r}; available: {', '.join(available)}")
-        with open(instances_path, encoding="utf-8") as f:
+        with open(instances_path, encoding="utf-8-sig") as f:
             instances = json.load(f)
         images = {image["id"]: image for image in instances["images"]}
         annotations = {ann["id"]: ann for ann in instances["annotations"]}
@@ -86,10 +125,7 @@ class RefCOCODataset(Dataset):
             if ref.get("split") == split:
                 self.items.extend(self._expressions(ref, images, annotations, categories, dataset, refs_path))
         self._image_checks.clear()  # only needed while indexing; keeps the dataset light for loader workers
-        if self.bad.skipped:
-            log.warning(
-                "%s: skipped %d sentences; kept %d", self.name, len(self.bad.skipped), len(self.items)
-            )
+        self.bad.summary(len(self.items), "sentences")
 
     def _expressions(self, ref, images, annotations, categories, dataset, refs_path) -> list[_Expression]:
         """The ref's sentences as samples; [] (each reported) when the ref or its image is broken."""
@@ -101,8 +137,10 @@ class RefCOCODataset(Dataset):
                 raise ValueError("ref has no sentences")
             ann = annotations[ref["ann_id"]]
             image = images[ref["image_id"]]
-            x, y, w, h = (float(v) for v in ann["bbox"])
             height, width = int(image["height"]), int(image["width"])
+            x, y, w, h = ann["bbox"]
+            box = check_box([x, y, x + w, y + h], (width, height))
+            check_coco_segmentation(ann["segmentation"], height, width)
             image_path = self.image_root / image["file_name"]
             queries = [(sentence["sent_id"], sentence["sent"], sentence.get("raw")) for sentence in sentences]
             error = self._check_image(image_path, (width, height))
@@ -127,7 +165,7 @@ class RefCOCODataset(Dataset):
                 height=height,
                 width=width,
                 segmentation=ann["segmentation"],
-                box=(x, y, x + w, y + h),
+                box=box,
                 meta={**base, "sent_id": sent_id, "raw": sent if raw is None else raw},
             )
             for sample_id, (sent_id, sent, raw) in zip(ids, queries)
@@ -148,25 +186,30 @@ class RefCOCODataset(Dataset):
                 self._image_checks[path] = err
         return self._image_checks[path]
 
-    @property
-    def skipped(self) -> list[str]:
-        """One message per sentence dropped under `on_error="skip"` (its ref or image was broken)."""
-        return self.bad.skipped
-
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> SegSample:
+    def where(self, index: int) -> str:
         item = self.items[index]
-        try:
-            target = decode_coco_segmentation(item.segmentation, item.height, item.width)
-        except (ValueError, TypeError, KeyError) as err:
-            # Decoding is lazy (a split's masks do not fit in memory), so a broken polygon surfaces here.
-            raise ValueError(f"{self.name}: sample {item.id} (ann_id {item.meta['ann_id']}): {err}") from err
+        return f"sample {item.id} (ann_id {item.meta['ann_id']}, {item.image_path})"
+
+    def sample_id(self, index: int) -> str:
+        return self.items[index].id
+
+    def read(self, index: int) -> SegSample:
+        item = self.items[index]
+        # Masks are decoded lazily (a split's masks do not fit in memory); set-up checked that they decode.
+        target = decode_coco_segmentation(item.segmentation, item.height, item.width)
+        image = load_image(item.image_path)
+        if image.size != (item.width, item.height):
+            raise ValueError(
+                f"{item.image_path} decodes to {image.size}, instances.json says {item.width}x{item.height}"
+            )
         return SegSample(
             id=item.id,
             query=item.query,
             mask=target.astype(np.uint8),
+            image=image,
             image_path=str(item.image_path),
             box=item.box,
             points=inscribed_circle_points(target),
@@ -175,8 +218,15 @@ class RefCOCODataset(Dataset):
 
 
 class RefCOCODataModule(SegDataModule):
-    """RefCOCO / RefCOCO+ / RefCOCOg DataModule; `dataset`, `split_by` pick the refs pickle, the base args the
-    splits each stage reads (e.g. `test_split: testA`)."""
+    """RefCOCO / RefCOCO+ / RefCOCOg DataModule. The loader options (the splits each stage reads, e.g.
+    `test_split: testA`, batch_size, eval_batch_size, num_workers, seed, on_error) are `SegDataModule`'s.
+
+    Args:
+        data_root: folder holding `<dataset>/refs(<split_by>).p` and `<dataset>/instances.json`.
+        image_root: the COCO train2014 images.
+        dataset: "refcoco", "refcoco+" or "refcocog".
+        split_by: the refs pickle: "unc", "umd" or "google".
+    """
 
     def __init__(
         self,
@@ -184,25 +234,9 @@ class RefCOCODataModule(SegDataModule):
         image_root: str = "data/coco/train2014",
         dataset: str = "refcocog",
         split_by: str = "umd",
-        train_split: str | None = "train",
-        val_split: str | None = "val",
-        test_split: str | None = "test",
-        batch_size: int = 2,
-        eval_batch_size: int = 4,
-        num_workers: int = 0,
-        seed: int = 0,
-        on_error: OnError = "error",
+        **loader,
     ) -> None:
-        super().__init__(
-            train_split=train_split,
-            val_split=val_split,
-            test_split=test_split,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            on_error=on_error,
-        )
+        super().__init__(**loader)
         self.data_root, self.image_root = data_root, image_root
         self.dataset_name, self.split_by = dataset, split_by
 

@@ -19,7 +19,6 @@ goes to `meta["group"]` so metrics are reported per level; see docs/socioseg.md 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import re
@@ -28,11 +27,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image, ImageOps
-from torch.utils.data import Dataset
+from PIL import Image
 
-from samr1.datamodules.base import BadSampleLog, OnError, SegDataModule, image_size, report_bad, require_path
+from samr1.datamodules.base import OnError, SegDataModule
 from samr1.datamodules.masks import component_boxes, inscribed_circle_points, tight_box
+from samr1.datamodules.reading import BadSampleLog, SampleDataset, report_bad, require_path
+from samr1.images import image_size, load_image, open_image
 from samr1.sample import SegSample
 
 log = logging.getLogger(__name__)
@@ -113,24 +113,8 @@ def target_of_mask_image(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB")).any(axis=-1)
 
 
-def _open_rgb(source: Path | bytes) -> Image.Image:
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as raw:
-        return ImageOps.exif_transpose(raw).convert("RGB")
-
-
-def _open_mask(source: Path | bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as raw:
-        return target_of_mask_image(ImageOps.exif_transpose(raw))
-
-
 def _header_size(source: Path | bytes) -> tuple[int, int]:
-    if isinstance(source, Path):
-        return image_size(source)
-    try:
-        with Image.open(io.BytesIO(source)) as image:
-            return image.size
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read image bytes: {err}") from err
+    return image_size(source, None if isinstance(source, Path) else "image bytes")
 
 
 def image_source(value: Any, column: str, folder: Path) -> Path | bytes:
@@ -177,7 +161,7 @@ class _Example:
     location: tuple[Path, int, int] | None = None  # parquet: (file, row group, row in group)
 
 
-class SocioSegDataset(Dataset):
+class SocioSegDataset(SampleDataset):
     """One SocioSeg split from the raw release or the local parquet copy (`layout`: "auto" picks parquet if
     files match the module doc's patterns, else the raw `<root>/<split>/` folder).
 
@@ -230,8 +214,7 @@ class SocioSegDataset(Dataset):
         else:
             self._scan_raw(require_path(self.root / split, f"SocioSeg {split} folder"))
         self._cache: tuple[Path, int, list[dict[str, Any]]] | None = None
-        if self.bad.skipped:
-            log.warning("%s: skipped %d examples; kept %d", self.name, len(self.bad.skipped), len(self.items))
+        self.bad.summary(len(self.items), "examples")
 
     # ------------------------------------------------------------------ scanning
     def _level(self, sample_id: str, record: dict[str, Any]) -> str | None:
@@ -312,11 +295,6 @@ class SocioSegDataset(Dataset):
                 )
 
     # ------------------------------------------------------------------ reading
-    @property
-    def skipped(self) -> list[str]:
-        """One message per example dropped under `on_error="skip"`."""
-        return self.bad.skipped
-
     def __len__(self) -> int:
         return len(self.items)
 
@@ -340,17 +318,24 @@ class SocioSegDataset(Dataset):
             for key, column in zip(("sat", "map", "mask"), IMAGE_COLUMNS)
         }
 
-    def __getitem__(self, index: int) -> SegSample:
+    def where(self, index: int) -> str:
         item = self.items[index]
-        try:
-            sources = self._sources(item)
-            satellite = _open_rgb(sources["sat"])
-            target = _open_mask(sources["mask"])
-            if target.shape != (satellite.height, satellite.width):
-                raise ValueError(f"the mask is {target.shape[::-1]}, the satellite image {satellite.size}")
-            extra = [_open_rgb(sources["map"])] if self.images == "map+satellite" else []
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{self.name}: {item.source}: sample {item.id}: {err}") from err
+        return f"{item.source}: sample {item.id}"
+
+    def sample_id(self, index: int) -> str:
+        return self.items[index].id
+
+    def read(self, index: int) -> SegSample:
+        item = self.items[index]
+        sources = self._sources(item)
+        names = {
+            key: None if isinstance(src, Path) else f"{item.source} {key}" for key, src in sources.items()
+        }
+        satellite = load_image(sources["sat"], names["sat"])
+        target = target_of_mask_image(open_image(sources["mask"], names["mask"]))
+        if target.shape != (satellite.height, satellite.width):
+            raise ValueError(f"the mask is {target.shape[::-1]}, the satellite image {satellite.size}")
+        extra = [load_image(sources["map"], names["map"])] if self.images == "map+satellite" else []
         boxes = component_boxes(target, self.min_component_area)
         meta: dict[str, Any] = {
             "gt_boxes": [list(box) for box in boxes],
@@ -389,9 +374,17 @@ def _check_sizes(sources: dict[str, Path | bytes]) -> None:
 
 
 class SocioSegDataModule(SegDataModule):
-    """SocioSeg DataModule (see `SocioSegDataset`). `images`: "satellite" (one image, the setting SAM-R1 was
-    evaluated in) or "map+satellite" (the map first, then the satellite image, which SAM segments).
-    `levels_csv`: optional CSV (`id,level`) giving the task level where the files do not carry it."""
+    """SocioSeg DataModule (see `SocioSegDataset`). The loader options (splits, batch_size, eval_batch_size,
+    num_workers, seed, on_error) are `SegDataModule`'s.
+
+    Args:
+        root: the SocioSeg folder (raw release or local parquet copy).
+        images: "satellite" (one image, the setting SAM-R1 was evaluated in) or "map+satellite" (the map
+            first, then the satellite image, which SAM segments).
+        layout: "auto", "raw" or "parquet" (auto: parquet when its files are found).
+        levels_csv: optional CSV (`id,level`) giving the task level where the files do not carry it.
+        min_component_area: smallest 8-connected mask component (pixels) counted as an object.
+    """
 
     def __init__(
         self,
@@ -400,25 +393,9 @@ class SocioSegDataModule(SegDataModule):
         layout: Layout = "auto",
         levels_csv: str | None = None,
         min_component_area: int = 1,
-        train_split: str | None = "train",
-        val_split: str | None = "val",
-        test_split: str | None = "test",
-        batch_size: int = 2,
-        eval_batch_size: int = 4,
-        num_workers: int = 0,
-        seed: int = 0,
-        on_error: OnError = "error",
+        **loader,
     ) -> None:
-        super().__init__(
-            train_split=train_split,
-            val_split=val_split,
-            test_split=test_split,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            on_error=on_error,
-        )
+        super().__init__(**loader)
         if images not in ("satellite", "map+satellite"):
             raise ValueError(f"images must be 'satellite' or 'map+satellite', got {images!r}")
         self.root = root

@@ -131,7 +131,17 @@ class SyntheticShapesDataset(Dataset):
 
 
 class SyntheticShapesDataModule(SegDataModule):
-    """The embedded default data: no files needed. Sizes and seed are configurable."""
+    """The embedded default data: no files needed. `seed` (a loader option of `SegDataModule`, like the
+    splits, batch_size, eval_batch_size, num_workers and on_error) also seeds the generated images.
+
+    Args:
+        num_train: samples in the train split.
+        num_val: samples in the val split.
+        num_test: samples in the test split.
+        image_size: side of the square images, in pixels.
+        min_shapes: fewest shapes in an image (1..9).
+        max_shapes: most shapes in an image (min_shapes..9).
+    """
 
     def __init__(
         self,
@@ -141,15 +151,9 @@ class SyntheticShapesDataModule(SegDataModule):
         image_size: int = 112,
         min_shapes: int = 2,
         max_shapes: int = 4,
-        train_split: str | None = "train",
-        val_split: str | None = "val",
-        test_split: str | None = "test",
-        batch_size: int = 2,
-        eval_batch_size: int = 4,
-        num_workers: int = 0,
-        seed: int = 0,
+        **loader,
     ) -> None:
-        super().__init__(train_split, val_split, test_split, batch_size, eval_batch_size, num_workers, seed)
+        super().__init__(**loader)
         self.lengths = {"train": num_train, "val": num_val, "test": num_test}
         self.image_size, self.min_shapes, self.max_shapes = image_size, min_shapes, max_shapes
 
