@@ -30,9 +30,11 @@ from samr1.images import image_size
 
 
 class SegDataModule(L.LightningDataModule):
-    """Base of the per-benchmark DataModules: subclasses implement `build_dataset(split)` and forward their
-    other arguments here (`**loader`), so the loader options are declared, typed and documented once and
-    `--print_config` / `--help` show them under every DataModule.
+    """Base of the per-benchmark DataModules, and the one place their loader options are declared.
+
+    Subclasses implement `build_dataset(split)` and forward their other arguments here (`**loader`):
+    jsonargparse follows the forwarding, so `--help` and `--print_config` show these options, typed and
+    documented, under every DataModule.
 
     Args:
         train_split: split the fit stage trains on (None: no training data).

@@ -217,8 +217,9 @@ class JsonlSegDataset(SampleDataset):
 
 
 class JsonlSegDataModule(SegDataModule):
-    """DataModule over JSONL files; a stage whose file is None is unused. The loader options (batch_size,
-    eval_batch_size, num_workers, seed, on_error) are `SegDataModule`'s.
+    """DataModule over JSONL files (docs/data.md); a stage whose file is None is unused.
+
+    The loader options (batch_size, eval_batch_size, num_workers, seed, on_error) are `SegDataModule`'s.
 
     Args:
         path: the training file (e.g. the `train.jsonl` that `samr1 prepare refcocog-subset` writes).

@@ -141,8 +141,9 @@ class ReasonSegDataset(SampleDataset):
 
 
 class ReasonSegDataModule(SegDataModule):
-    """ReasonSeg DataModule; val and test always use each image's first text (LISA's protocol). The loader
-    options (splits, batch_size, eval_batch_size, num_workers, seed, on_error) are `SegDataModule`'s.
+    """ReasonSeg DataModule: val and test use each image's first text (LISA's protocol).
+
+    The loader options (splits, batch_size, eval_batch_size, num_workers, seed, on_error) are `SegDataModule`'s.
 
     Args:
         root: the `ReasonSeg` folder holding train/, val/, test/.

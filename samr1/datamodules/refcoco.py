@@ -218,8 +218,10 @@ class RefCOCODataset(SampleDataset):
 
 
 class RefCOCODataModule(SegDataModule):
-    """RefCOCO / RefCOCO+ / RefCOCOg DataModule. The loader options (the splits each stage reads, e.g.
-    `test_split: testA`, batch_size, eval_batch_size, num_workers, seed, on_error) are `SegDataModule`'s.
+    """RefCOCO / RefCOCO+ / RefCOCOg DataModule, one sample per referring sentence.
+
+    The loader options (the splits each stage reads, e.g. `test_split: testA`, batch_size, eval_batch_size,
+    num_workers, seed, on_error) are `SegDataModule`'s.
 
     Args:
         data_root: folder holding `<dataset>/refs(<split_by>).p` and `<dataset>/instances.json`.

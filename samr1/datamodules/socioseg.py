@@ -374,8 +374,9 @@ def _check_sizes(sources: dict[str, Path | bytes]) -> None:
 
 
 class SocioSegDataModule(SegDataModule):
-    """SocioSeg DataModule (see `SocioSegDataset`). The loader options (splits, batch_size, eval_batch_size,
-    num_workers, seed, on_error) are `SegDataModule`'s.
+    """SocioSeg DataModule (see `SocioSegDataset`).
+
+    The loader options (splits, batch_size, eval_batch_size, num_workers, seed, on_error) are `SegDataModule`'s.
 
     Args:
         root: the SocioSeg folder (raw release or local parquet copy).

@@ -131,8 +131,10 @@ class SyntheticShapesDataset(Dataset):
 
 
 class SyntheticShapesDataModule(SegDataModule):
-    """The embedded default data: no files needed. `seed` (a loader option of `SegDataModule`, like the
-    splits, batch_size, eval_batch_size, num_workers and on_error) also seeds the generated images.
+    """The embedded default data: seeded synthetic shapes, no files needed.
+
+    `seed` (a loader option of `SegDataModule`, like the splits, batch_size, eval_batch_size, num_workers and
+    on_error) also seeds the generated images.
 
     Args:
         num_train: samples in the train split.
