@@ -127,6 +127,13 @@ class SegDataModule(L.LightningDataModule):
                     dataset.bad.skipped.append(failure.message)
         return batch
 
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        """Samples stay on the CPU (PIL images, numpy masks: the policy builds its tensors from them). The
+        default transfer would rebuild the list and lose `SampleBatch.failures`, which evaluation counts."""
+        if isinstance(batch, SampleBatch):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def _consumed_batches(self) -> int:
         """Training batches a resumed run already trained on in its current epoch (0 on a fresh start).
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch.utils.data import Dataset
-
-from samr1.datamodules.base import ListDataset, SegDataModule, image_size
+from samr1.datamodules.base import OnError, SegDataModule
+from samr1.datamodules.reading import BadSampleLog, SampleDataset, report_bad
+from samr1.images import image_size, load_image
 from samr1.sample import SegSample
 
 
@@ -33,11 +33,53 @@ def pair_images_queries(images: list[str], queries: list[str]) -> list[tuple[str
     return list(zip(images, queries))
 
 
+class ImageQueryDataset(SampleDataset):
+    """(id, image path, query) triples as samples without masks; images are read with
+    `samr1.images.load_image` (EXIF orientation applied, every mode scaled to RGB), like every dataset's.
+    Each image's header is checked at construction: a missing or unreadable one follows `on_error`."""
+
+    def __init__(self, triples: list[tuple[str, str, str]], on_error: OnError = "error") -> None:
+        self.name = "predict images"
+        self.bad = BadSampleLog(on_error, self.name)
+        self.items: list[tuple[str, str, str]] = []
+        for sample_id, path, query in triples:
+            try:
+                image_size(Path(path))
+            except (FileNotFoundError, ValueError) as err:
+                report_bad(self.bad, err, f"sample {sample_id}")
+                continue
+            self.items.append((sample_id, path, query))
+        self.bad.summary(len(self.items), "images")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def where(self, index: int) -> str:
+        sample_id, path, _ = self.items[index]
+        return f"sample {sample_id} ({path})"
+
+    def sample_id(self, index: int) -> str:
+        return self.items[index][0]
+
+    def read(self, index: int) -> SegSample:
+        sample_id, path, query = self.items[index]
+        return SegSample(id=sample_id, query=query, image=load_image(Path(path)), image_path=str(path))
+
+
 class ImageQueryDataModule(SegDataModule):
     """Samples built from image files and free-text queries, for `predict` (and `test`, without metrics).
 
     Ids are the images' file stems, made unique with a `_<index>` suffix when stems repeat. A missing or
-    unreadable image fails at construction, naming its path.
+    unreadable image fails at construction, naming its path (`on_error: skip` leaves it out instead). The
+    other loader options (num_workers, seed, on_error) are `SegDataModule`'s.
+
+    Args:
+        image: one image file.
+        query: one query (asked of every image when it is the only one).
+        images: more image files, after `image`.
+        queries: more queries, after `query`.
+        batch_size: prompts per step in `fit` (unused by predict).
+        eval_batch_size: images per step in predict and test.
     """
 
     def __init__(
@@ -48,7 +90,7 @@ class ImageQueryDataModule(SegDataModule):
         queries: list[str] | None = None,
         batch_size: int = 1,
         eval_batch_size: int = 1,
-        num_workers: int = 0,
+        **loader,
     ) -> None:
         super().__init__(
             train_split=None,
@@ -56,22 +98,23 @@ class ImageQueryDataModule(SegDataModule):
             test_split="predict",
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
+            **loader,
         )
         paths = ([image] if image is not None else []) + list(images or [])
         texts = ([query] if query is not None else []) + list(queries or [])
         self.pairs = pair_images_queries(paths, texts)
-        for path, _ in self.pairs:
-            image_size(Path(path))  # FileNotFoundError / ValueError naming the path
         stems = [Path(path).stem for path, _ in self.pairs]
         unique = len(set(stems)) == len(stems)
         self.ids = stems if unique else [f"{stem}_{i}" for i, stem in enumerate(stems)]
+        triples = [(sid, path, query) for sid, (path, query) in zip(self.ids, self.pairs)]
+        self.datasets["predict"] = ImageQueryDataset(triples, on_error=self.on_error)
 
     def samples(self) -> list[SegSample]:
+        """The samples, images not yet read (`image_path` only), in order."""
         return [
             SegSample(id=sid, query=query, image_path=str(path))
-            for sid, (path, query) in zip(self.ids, self.pairs)
+            for sid, path, query in self.datasets["predict"].items
         ]
 
-    def build_dataset(self, split: str) -> Dataset:
-        return ListDataset([lambda s=s: s for s in self.samples()])
+    def build_dataset(self, split: str) -> ImageQueryDataset:
+        return self.datasets["predict"]  # built (and its images checked) at construction

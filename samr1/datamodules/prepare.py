@@ -88,18 +88,17 @@ def prepare_refcocog_subset(
 
 def _line(sample, out_dir: Path, stored: dict[str, str], resize: int | None) -> dict:
     original = Path(sample.image_path)
-    with Image.open(original) as image:
-        image.load()  # a truncated file fails here, before anything is written for it
-        width, height = image.size
-        if str(original) not in stored:
-            if resize is None:
-                relative = f"images/{original.name}"
-                shutil.copyfile(original, out_dir / relative)  # the original bytes, no re-encoding
-            else:
-                relative = f"images/{original.stem}.jpg"
-                resized = image.convert("RGB").resize((resize, resize), Image.Resampling.BICUBIC)
-                resized.save(out_dir / relative, quality=95)
-            stored[str(original)] = relative
+    # The dataset decoded the image (samr1.images: upright, RGB), so a truncated file failed before this.
+    image = sample.load_image()
+    width, height = image.size
+    if str(original) not in stored:
+        if resize is None:
+            relative = f"images/{original.name}"
+            shutil.copyfile(original, out_dir / relative)  # the original bytes (and EXIF), no re-encoding
+        else:
+            relative = f"images/{original.stem}.jpg"
+            image.resize((resize, resize), Image.Resampling.BICUBIC).save(out_dir / relative, quality=95)
+        stored[str(original)] = relative
     target = _resize_mask(sample.mask == 1, resize)
     box = tight_box(target)
     if box is None:

@@ -135,6 +135,13 @@ class Evaluator(nn.Module):
         self.groups = tuple(groups)
         self.multi_object = multi_object
         self.records: list[SampleResult] = []
+        # Samples left out because they could not be read (data.on_error: skip); a sum over processes.
+        self.register_buffer("unreadable", torch.zeros((), dtype=torch.long), persistent=False)
+
+    def count_unreadable(self, batch) -> None:
+        """Counts the samples of a batch that could not be read (`SampleBatch.failures`), so the metrics
+        report how many were left out instead of dropping them silently."""
+        self.unreadable += len(getattr(batch, "failures", ()))
 
     def update(self, texts: list[str], samples: list[SegSample], segmenter, rewards=()) -> list[SampleResult]:
         results = [evaluate_sample(t, s, segmenter, self.multi_object) for t, s in zip(texts, samples)]
@@ -169,6 +176,9 @@ class Evaluator(nn.Module):
         if int(_synced_total(self.box_accuracy.total)) > 0:
             out["box_accuracy"] = float(self.box_accuracy.compute())
         out["parse_failure_rate"] = float(self.parse_failures.compute())
+        unreadable = int(_synced_total(self.unreadable))
+        if unreadable:
+            out["unreadable_samples"] = float(unreadable)
         for name, metric in self.reward_means.items():
             if metric.update_called:
                 out[f"reward/{name}"] = float(metric.compute())
@@ -198,6 +208,7 @@ class Evaluator(nn.Module):
         self.parse_failures.reset()
         for metric in self.reward_means.values():
             metric.reset()
+        self.unreadable.zero_()
         self.records = []
 
 
@@ -213,7 +224,8 @@ def summary_table(results: dict[str, float], n: int) -> str:
     """A plain-text table of the evaluation results (fractions shown as percentages)."""
     lines = [f"{'metric':<28}{'value':>10}", "-" * 38, f"{'samples':<28}{n:>10d}"]
     for key, value in results.items():
-        shown = f"{value:10.0f}" if key.endswith("/count") else f"{100 * value:9.2f}%"
+        is_count = key.endswith("/count") or key == "unreadable_samples"
+        shown = f"{value:10.0f}" if is_count else f"{100 * value:9.2f}%"
         if key.startswith("reward/"):
             shown = f"{value:10.4f}"
         lines.append(f"{key:<28}{shown}")

@@ -411,6 +411,9 @@ class GRPOModule(L.LightningModule):
         return prompts, self.rollout(prompts, group_size=1, temperature=0.0, max_new_tokens=max_new)
 
     def validation_step(self, batch: list[SegSample], batch_idx: int) -> None:
+        self.evaluator.count_unreadable(batch)  # data.on_error: skip left them out of the batch
+        if not batch:
+            return
         prompts, rollouts = self._greedy(batch)
         self.evaluator.update(rollouts.texts, prompts.samples, self.segmenter, self.rewards)
 
@@ -418,6 +421,9 @@ class GRPOModule(L.LightningModule):
         self._log_eval("val")
 
     def test_step(self, batch: list[SegSample], batch_idx: int) -> None:
+        self.evaluator.count_unreadable(batch)
+        if not batch:
+            return
         prompts, rollouts = self._greedy(batch)
         self.evaluator.update(rollouts.texts, prompts.samples, self.segmenter, self.rewards)
 
@@ -435,6 +441,8 @@ class GRPOModule(L.LightningModule):
             print(summary_table(results, len(records)))
 
     def predict_step(self, batch: list[SegSample], batch_idx: int) -> list[SampleResult]:
+        if not batch:  # every image of the batch was unreadable (data.on_error: skip; logged by the data)
+            return []
         prompts, rollouts = self._greedy(batch)
         return [
             evaluate_sample(text, sample, self.segmenter, self.hparams.eval_multi_object)
