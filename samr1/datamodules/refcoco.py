@@ -40,8 +40,9 @@ class _Expression:
 
 
 # What a refs pickle may name besides the opcodes for lists, dicts, tuples, strings, bytes and numbers (which
-# need no lookup): harmless builtin containers. Anything else (a function, a class) is refused unloaded.
-_PICKLE_ALLOWED = {("builtins", "set"), ("builtins", "frozenset")}
+# need no lookup): harmless builtin containers, under their Python 3 or Python 2 (the release's) module name.
+# Anything else (a function, a class) is refused unloaded.
+_PICKLE_ALLOWED = {(module, name) for module in ("builtins", "__builtin__") for name in ("set", "frozenset")}
 
 
 class RestrictedUnpickler(pickle.Unpickler):
