@@ -8,6 +8,7 @@ asked of every image, one image is asked every query, otherwise the i-th query g
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from samr1.datamodules.base import OnError, SegDataModule
@@ -33,6 +34,13 @@ def pair_images_queries(images: list[str], queries: list[str]) -> list[tuple[str
     return list(zip(images, queries))
 
 
+@dataclass(frozen=True)
+class _Pair:
+    id: str
+    path: str
+    query: str
+
+
 class ImageQueryDataset(SampleDataset):
     """(id, image path, query) triples as samples without masks; images are read with
     `samr1.images.load_image` (EXIF orientation applied, every mode scaled to RGB), like every dataset's.
@@ -41,29 +49,25 @@ class ImageQueryDataset(SampleDataset):
     def __init__(self, triples: list[tuple[str, str, str]], on_error: OnError = "error") -> None:
         self.name = "predict images"
         self.bad = BadSampleLog(on_error, self.name)
-        self.items: list[tuple[str, str, str]] = []
+        self.items: list[_Pair] = []
         for sample_id, path, query in triples:
             try:
                 image_size(Path(path))
             except (FileNotFoundError, ValueError) as err:
                 report_bad(self.bad, err, f"sample {sample_id}")
                 continue
-            self.items.append((sample_id, path, query))
+            self.items.append(_Pair(sample_id, path, query))
         self.bad.summary(len(self.items), "images")
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     def where(self, index: int) -> str:
-        sample_id, path, _ = self.items[index]
-        return f"sample {sample_id} ({path})"
-
-    def sample_id(self, index: int) -> str:
-        return self.items[index][0]
+        item = self.items[index]
+        return f"sample {item.id} ({item.path})"
 
     def read(self, index: int) -> SegSample:
-        sample_id, path, query = self.items[index]
-        return SegSample(id=sample_id, query=query, image=load_image(Path(path)), image_path=str(path))
+        item = self.items[index]
+        return SegSample(
+            id=item.id, query=item.query, image=load_image(Path(item.path)), image_path=item.path
+        )
 
 
 class ImageQueryDataModule(SegDataModule):
@@ -112,8 +116,8 @@ class ImageQueryDataModule(SegDataModule):
     def samples(self) -> list[SegSample]:
         """The samples, images not yet read (`image_path` only), in order."""
         return [
-            SegSample(id=sid, query=query, image_path=str(path))
-            for sid, path, query in self.datasets["predict"].items
+            SegSample(id=item.id, query=item.query, image_path=item.path)
+            for item in self.datasets["predict"].items
         ]
 
     def build_dataset(self, split: str) -> ImageQueryDataset:

@@ -21,11 +21,10 @@ import numpy as np
 from samr1.datamodules.base import OnError, SegDataModule
 from samr1.datamodules.checks import check_box, check_mask_png, check_points, check_rle
 from samr1.datamodules.masks import (
+    annotated_sample,
     decode_rle,
-    inscribed_circle_points,
     paint_polygons,
     polygon_array,
-    tight_box,
 )
 from samr1.datamodules.reading import BadSampleLog, SampleDataset, report_bad, require_path
 from samr1.images import image_info, load_image, open_image
@@ -176,15 +175,9 @@ class JsonlSegDataset(SampleDataset):
             meta={**meta, "source": where},
         )
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     def where(self, index: int) -> str:
         item = self.items[index]
         return f"{item.meta['source']}: sample {item.id}"
-
-    def sample_id(self, index: int) -> str:
-        return self.items[index].id
 
     def _mask(self, item: _Record) -> np.ndarray:
         width, height = item.size
@@ -203,16 +196,8 @@ class JsonlSegDataset(SampleDataset):
         if image.size != item.size:
             raise ValueError(f"image {item.image_path} decodes to {image.size}, its header said {item.size}")
         mask = self._mask(item)
-        target = mask == 1
-        return SegSample(
-            id=item.id,
-            query=item.query,
-            mask=mask,
-            image=image,
-            image_path=str(item.image_path),
-            box=item.box if item.box is not None else tight_box(target),
-            points=item.points if item.points is not None else inscribed_circle_points(target),
-            meta=dict(item.meta),
+        return annotated_sample(
+            item.id, item.query, mask, image, item.image_path, dict(item.meta), item.box, item.points
         )
 
 

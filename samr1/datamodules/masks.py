@@ -19,6 +19,7 @@ from pycocotools import mask as mask_utils
 
 from samr1.datamodules.checks import check_rle
 from samr1.geometry import component_boxes, inscribed_circle_points, tight_box  # noqa: F401 (re-exported)
+from samr1.sample import SegSample
 
 Polygon = Sequence[Sequence[float]]  # [[x, y], ...] in original pixels
 
@@ -111,3 +112,28 @@ def decode_coco_segmentation(segmentation: Any, height: int, width: int) -> np.n
     if mask.shape != (height, width):
         raise ValueError(f"segmentation size {mask.shape} differs from the image's {(height, width)}")
     return mask
+
+
+def annotated_sample(
+    id: str,
+    query: str,
+    mask: np.ndarray,
+    image,
+    image_path: Any,
+    meta: dict[str, Any],
+    box: tuple[float, float, float, float] | None = None,
+    points: list[tuple[float, float]] | None = None,
+) -> SegSample:
+    """A dataset's sample: a `box` or `points` the annotation does not give are the mask's tight box and
+    the centres of its two largest inscribed circles (Seg-Zero's GT points), the rule of every dataset."""
+    target = mask == 1
+    return SegSample(
+        id=id,
+        query=query,
+        mask=mask,
+        image=image,
+        image_path=None if image_path is None else str(image_path),
+        box=box if box is not None else tight_box(target),
+        points=points if points is not None else inscribed_circle_points(target),
+        meta=meta,
+    )

@@ -80,12 +80,14 @@ def require_path(path: Path, what: str) -> Path:
 
 
 class SampleDataset(Dataset):
-    """Base of the file-backed datasets. Subclasses set `name` and `bad` (their set-up `BadSampleLog`) and
-    implement `__len__`, `read(index)` and `where(index)` (the sample's id and file, and line where it has
-    one); `dataset[index]` raises a `SampleError` naming them when the sample cannot be read."""
+    """Base of the file-backed datasets. Subclasses set `name`, `bad` (their set-up `BadSampleLog`) and
+    `items` (what set-up indexed, each with an `id`), and implement `read(index)` and `where(index)` (the
+    sample's id and file, and line where it has one); `dataset[index]` raises a `SampleError` naming them
+    when the sample cannot be read."""
 
     name: str
     bad: BadSampleLog
+    items: list
 
     def read(self, index: int) -> SegSample:
         raise NotImplementedError
@@ -93,8 +95,11 @@ class SampleDataset(Dataset):
     def where(self, index: int) -> str:
         raise NotImplementedError
 
-    def sample_id(self, index: int) -> str | None:
-        return None
+    def sample_id(self, index: int) -> str:
+        return self.items[index].id
+
+    def __len__(self) -> int:
+        return len(self.items)
 
     @property
     def skipped(self) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from samr1.datamodules.base import OnError, SegDataModule
-from samr1.datamodules.masks import inscribed_circle_points, paint_polygons, polygon_array, tight_box
+from samr1.datamodules.masks import annotated_sample, paint_polygons, polygon_array
 from samr1.datamodules.reading import BadSampleLog, SampleDataset, report_bad, require_path
 from samr1.images import image_size, load_image
 from samr1.sample import SegSample
@@ -113,31 +113,15 @@ class ReasonSegDataset(SampleDataset):
                 )
         self.bad.summary(kept, "images")
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     def where(self, index: int) -> str:
         item = self.items[index]
         return f"sample {item.id} ({item.image_path})"
-
-    def sample_id(self, index: int) -> str:
-        return self.items[index].id
 
     def read(self, index: int) -> SegSample:
         item = self.items[index]
         image = load_image(item.image_path)
         mask = paint_polygons(item.polygons, image.height, image.width)
-        target = mask == 1
-        return SegSample(
-            id=item.id,
-            query=item.query,
-            mask=mask,
-            image=image,
-            image_path=str(item.image_path),
-            box=tight_box(target),
-            points=inscribed_circle_points(target),
-            meta=dict(item.meta),
-        )
+        return annotated_sample(item.id, item.query, mask, image, item.image_path, dict(item.meta))
 
 
 class ReasonSegDataModule(SegDataModule):

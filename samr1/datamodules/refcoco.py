@@ -19,7 +19,7 @@ import numpy as np
 
 from samr1.datamodules.base import OnError, SegDataModule
 from samr1.datamodules.checks import check_box, check_coco_segmentation
-from samr1.datamodules.masks import decode_coco_segmentation, inscribed_circle_points
+from samr1.datamodules.masks import annotated_sample, decode_coco_segmentation
 from samr1.datamodules.reading import BadSampleLog, SampleDataset, report_bad, require_path
 from samr1.images import image_size, load_image
 from samr1.sample import SegSample
@@ -187,15 +187,9 @@ class RefCOCODataset(SampleDataset):
                 self._image_checks[path] = err
         return self._image_checks[path]
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     def where(self, index: int) -> str:
         item = self.items[index]
         return f"sample {item.id} (ann_id {item.meta['ann_id']}, {item.image_path})"
-
-    def sample_id(self, index: int) -> str:
-        return self.items[index].id
 
     def read(self, index: int) -> SegSample:
         item = self.items[index]
@@ -206,16 +200,8 @@ class RefCOCODataset(SampleDataset):
             raise ValueError(
                 f"{item.image_path} decodes to {image.size}, instances.json says {item.width}x{item.height}"
             )
-        return SegSample(
-            id=item.id,
-            query=item.query,
-            mask=target.astype(np.uint8),
-            image=image,
-            image_path=str(item.image_path),
-            box=item.box,
-            points=inscribed_circle_points(target),
-            meta=dict(item.meta),
-        )
+        mask = target.astype(np.uint8)
+        return annotated_sample(item.id, item.query, mask, image, item.image_path, dict(item.meta), item.box)
 
 
 class RefCOCODataModule(SegDataModule):

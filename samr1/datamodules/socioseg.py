@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from samr1.datamodules.base import OnError, SegDataModule
-from samr1.datamodules.masks import component_boxes, inscribed_circle_points, tight_box
+from samr1.datamodules.masks import annotated_sample, component_boxes
 from samr1.datamodules.reading import BadSampleLog, SampleDataset, report_bad, require_path
 from samr1.images import image_size, load_image, open_image
 from samr1.sample import SegSample
@@ -295,9 +295,6 @@ class SocioSegDataset(SampleDataset):
                 )
 
     # ------------------------------------------------------------------ reading
-    def __len__(self) -> int:
-        return len(self.items)
-
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_cache"] = None  # loader workers re-read their own row groups
@@ -322,9 +319,6 @@ class SocioSegDataset(SampleDataset):
         item = self.items[index]
         return f"{item.source}: sample {item.id}"
 
-    def sample_id(self, index: int) -> str:
-        return self.items[index].id
-
     def read(self, index: int) -> SegSample:
         item = self.items[index]
         sources = self._sources(item)
@@ -348,16 +342,8 @@ class SocioSegDataset(SampleDataset):
         if extra:
             meta["extra_images"] = extra
         sat_path = sources["sat"]
-        return SegSample(
-            id=item.id,
-            query=item.query,
-            mask=target.astype(np.uint8),
-            image=satellite,
-            image_path=str(sat_path) if isinstance(sat_path, Path) else None,
-            box=tight_box(target),
-            points=inscribed_circle_points(target),
-            meta=meta,
-        )
+        path = sat_path if isinstance(sat_path, Path) else None
+        return annotated_sample(item.id, item.query, target.astype(np.uint8), satellite, path, meta)
 
 
 def _query(value: Any, where: str) -> str:
