@@ -1,6 +1,13 @@
 """Per-benchmark DataModules and datasets; every one yields `samr1.SegSample`."""
 
-from samr1.datamodules.base import BadSampleLog, SampleError, SegDataModule, collate_samples
+from samr1.datamodules.base import (
+    BadSampleLog,
+    ReadFailure,
+    SampleBatch,
+    SampleError,
+    SegDataModule,
+    collate_samples,
+)
 from samr1.datamodules.image_query import ImageQueryDataModule
 from samr1.datamodules.jsonl import JsonlSegDataModule, JsonlSegDataset
 from samr1.datamodules.reasonseg import ReasonSegDataModule, ReasonSegDataset
@@ -13,10 +20,12 @@ __all__ = [
     "ImageQueryDataModule",
     "JsonlSegDataModule",
     "JsonlSegDataset",
+    "ReadFailure",
     "ReasonSegDataModule",
     "ReasonSegDataset",
     "RefCOCODataModule",
     "RefCOCODataset",
+    "SampleBatch",
     "SampleError",
     "SegDataModule",
     "SocioSegDataModule",
