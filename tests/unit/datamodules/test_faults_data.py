@@ -1,6 +1,7 @@
 """Fault suite of the data path (issue 14): broken inputs are built here, and each outcome is checked exactly:
-the error names the file and line (or path) and id, skipped counts are exact, `on_error: skip` keeps a run
-going at read time, a crafted pickle runs nothing, and train / eval / predict see the same pixels."""
+the error names the file and line (or path) and id, skipped counts are exact, `on_error: skip` holds at read
+time, a crafted pickle runs nothing, and train / eval / predict see the same pixels. A fit and a validation
+with an unreadable sample: tests/e2e/test_data_faults_run.py."""
 
 from __future__ import annotations
 
@@ -349,63 +350,3 @@ def test_every_dataset_names_the_sample_it_cannot_read(tmp_path):
     predict.setup("predict")
     (batch,) = list(predict.predict_dataloader())
     assert list(batch) == [] and [f.sample_id for f in batch.failures] == ["mine"]
-
-
-# ---------------------------------------------------------------- a run keeps going
-
-
-def _tiny_module(tiny_checkpoints, **extra):
-    from toy_rewards import DigitShareReward
-
-    from samr1.modules.policy import GRPOModule
-
-    return GRPOModule(
-        model_path=tiny_checkpoints["policy"],
-        rewards=[DigitShareReward()],
-        image_size=(56, 56),
-        group_size=2,
-        max_new_tokens=4,
-        micro_batch_size=4,
-        **extra,
-    )
-
-
-def _trainer(root, **extra):
-    import lightning as L
-
-    return L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=root,
-        **extra,
-    )
-
-
-def test_fit_under_skip_trains_on_the_rest_and_error_stops_naming_the_sample(one_truncated, tiny_checkpoints):
-    with open(one_truncated, "a") as f:
-        f.write(json.dumps(_line("d", "c.jpg", box=[0, 0, 4, 4])) + "\n")
-    data = JsonlSegDataModule(path=str(one_truncated), batch_size=2, on_error="skip")
-    trainer = _trainer(one_truncated.parent / "skip", max_steps=2)
-    trainer.fit(_tiny_module(tiny_checkpoints), datamodule=data)
-    assert trainer.global_step == 2  # both batches of the epoch, b replaced by c
-    assert data.read_failures.count("train") == 1 and len(data.dataset("train").skipped) == 1
-    strict = JsonlSegDataModule(path=str(one_truncated), batch_size=2)
-    with pytest.raises(SampleError, match=re.escape(f"{one_truncated}:2: sample b: cannot read image")):
-        _trainer(one_truncated.parent / "error", max_steps=2).fit(
-            _tiny_module(tiny_checkpoints), datamodule=strict
-        )
-
-
-def test_validation_under_skip_reports_the_unreadable_sample(one_truncated, tiny_checkpoints):
-    module = _tiny_module(
-        tiny_checkpoints,
-        sam_checkpoint=tiny_checkpoints["sam_checkpoint"],
-        sam_model_type=tiny_checkpoints["sam_model_type"],
-    )
-    data = JsonlSegDataModule(path=None, val_path=str(one_truncated), eval_batch_size=2, on_error="skip")
-    (metrics,) = _trainer(one_truncated.parent).validate(module, datamodule=data)
-    assert metrics["val/unreadable_samples"] == 1.0
-    assert data.read_failures.messages("val")[0].startswith(f"{one_truncated}: {one_truncated}:2: sample b")
