@@ -11,7 +11,8 @@ from PIL import Image
 
 from samr1.sample import CoordTransform, SegSample
 
-# The instruction follows Seg-Zero's task statement (which SAM-R1 reuses): reason, then one box and two points.
+# samr1's own instruction: Seg-Zero's task statement (which SAM-R1 reuses) written with spaces, double quotes
+# and a JSON example. Released Seg-Zero / VisionReasoner checkpoints were trained on their own texts below.
 DEFAULT_PROMPT = (
     'Please find "{query}" with bbox and points. Compare the difference between objects and find the most '
     "closely matched one. Output the thinking process in <think> </think> and final answer in <answer> "
@@ -19,6 +20,82 @@ DEFAULT_PROMPT = (
     "object in JSON format. i.e., <think> thinking process here </think>"
     '<answer>{{"bbox": [10, 100, 200, 210], "points_1": [30, 110], "points_2": [35, 180]}}</answer>'
 )
+
+
+@dataclass(frozen=True)
+class PromptPreset:
+    """An instruction a model was trained with: a `str.format` template with one `{query}` field, and the
+    normalisation its dataset code applies to the query first (lower-casing, then `str.strip(strip)`)."""
+
+    template: str
+    lowercase: bool = False
+    strip: str = ""
+    source: str = ""  # where the exact text comes from
+
+    def normalise(self, query: str) -> str:
+        query = query.lower() if self.lowercase else query
+        return query.strip(self.strip) if self.strip else query
+
+    def render(self, query: str) -> str:
+        return self.template.format(query=self.normalise(query))
+
+
+PROMPTS: dict[str, PromptPreset] = {
+    "samr1": PromptPreset(DEFAULT_PROMPT, source="samr1"),
+    # Seg-Zero's `verl/utils/rl_dataset.py` (training) and `evaluation_scripts/evaluation.py` (evaluation):
+    # sentences concatenated without spaces, the query in single quotes after `.lower().strip(".")`, and the
+    # example answer as a Python literal without spaces after the commas inside the lists.
+    "segzero": PromptPreset(
+        "Please find '{query}' with bbox and points."
+        "Compare the difference between objects and find the most closely matched one."
+        "Output the thinking process in <think> </think> and final answer in <answer> </answer> tags."
+        "Output the one bbox and points of two largest inscribed circles inside the interested object in "
+        "JSON format."
+        "i.e., <think> thinking process here </think>"
+        "<answer>{{'bbox': [10,100,200,210], 'points_1': [30,110], 'points_2': [35,180]}}</answer>",
+        lowercase=True,
+        strip=".",
+        source="dvlab-research/Seg-Zero evaluation_scripts/evaluation.py",
+    ),
+    # VisionReasoner's `DETECTION_TEMPLATE` and its evaluation's `.lower().strip('."?!')`: a JSON list of
+    # objects, one box (`bbox_2d`) and one point (`point_2d`) each.
+    "visionreasoner": PromptPreset(
+        'Please find "{query}" with bboxs and points.'
+        "Compare the difference between object(s) and find the most closely matched object(s)."
+        "Output the thinking process in <think> </think> and final answer in <answer> </answer> tags."
+        "Output the bbox(es) and point(s) inside the interested object(s) in JSON format."
+        "i.e., <think> thinking process here </think>"
+        '<answer>[{{"bbox_2d": [10,100,200,210], "point_2d": [30,110]}}, '
+        '{{"bbox_2d": [225,296,706,786], "point_2d": [302,410]}}]</answer>',
+        lowercase=True,
+        strip='."?!',
+        source="JIA-Lab-research/VisionReasoner vision_reasoner/models/vision_reasoner_model.py",
+    ),
+}
+
+
+def resolve_prompt(template_or_name: str) -> PromptPreset:
+    """A preset by name (`PROMPTS`), or a literal template with a `{query}` field (no query normalisation)."""
+    if template_or_name in PROMPTS:
+        return PROMPTS[template_or_name]
+    if "{query}" not in template_or_name:
+        raise ValueError(
+            f"prompt_template {template_or_name[:60]!r} is neither a preset ({', '.join(PROMPTS)}) nor a "
+            "template with a '{query}' field"
+        )
+    try:
+        template_or_name.format(query="")
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(
+            f"prompt_template cannot be filled in ({err!r}): write literal braces as '{{{{' and '}}}}'"
+        ) from err
+    return PromptPreset(template_or_name)
+
+
+def render_prompt(template_or_name: str, query: str) -> str:
+    """The user text the model sees for `query`, the preset's query normalisation included."""
+    return resolve_prompt(template_or_name).render(query)
+
 
 PATCH_FACTOR = 28  # Qwen2.5-VL: 14 px patches merged 2 x 2 -> one token per 28 x 28 pixels
 
@@ -84,16 +161,15 @@ class PromptBuilder:
     def __init__(
         self,
         processor,
-        template: str = DEFAULT_PROMPT,
+        template: str = "samr1",
         image_size: tuple[int, int] | None = (840, 840),
         min_pixels: int = 56 * 56,
         max_pixels: int = 28 * 28 * 1280,
         system_prompt: str | None = None,
     ) -> None:
-        if "{query}" not in template:
-            raise ValueError("the prompt template must contain '{query}'")
         self.processor = processor
         self.template = template
+        self.prompt = resolve_prompt(template)
         self.image_size = tuple(image_size) if image_size is not None else None
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
         self.system_prompt = system_prompt
@@ -104,7 +180,7 @@ class PromptBuilder:
 
     def messages(self, sample: SegSample, n_images: int) -> list[dict]:
         content = [{"type": "image"} for _ in range(n_images)]
-        content.append({"type": "text", "text": self.template.format(query=sample.query)})
+        content.append({"type": "text", "text": self.prompt.render(sample.query)})
         msgs = [{"role": "user", "content": content}]
         if self.system_prompt:
             msgs.insert(0, {"role": "system", "content": self.system_prompt})
