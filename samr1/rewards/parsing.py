@@ -1,11 +1,13 @@
 """Reading the model's `<answer>` body into a box and points (public contract: `parse_answer`).
 
 The body is JSON, or a Python-style literal with single quotes (Seg-Zero's in-prompt example is written that
-way), holding one object or a list of objects. Key spellings accepted, first match wins:
+way), holding one object or a list of objects. A body holding several bare values (`{...}\n{...}`) is read as
+its first one, as Seg-Zero's parser does. Key spellings accepted, first match wins:
 
     box:    bbox, bbox_2d, box, box_2d                 -> [x1, y1, x2, y2]
     points: points_1, points_2, point_2d, point        -> [x, y]
-            points                                     -> [[x, y], ...] or a single [x, y]
+            points                                     -> [[x, y], ...] or a single [x, y]; read only when
+                                                          no single-point key above gives a point
 
 Coordinates are returned as the model wrote them (the model's input space); callers map them with
 `sample.transform.to_original`. `parse_answer` never raises and never returns a non-finite coordinate: model
@@ -94,12 +96,43 @@ def load_literal(body: str) -> dict | list | None:
     end = max(body.rfind("}"), body.rfind("]"))
     if start >= 0 and end > start and (start, end) != (0, len(body) - 1):
         candidates.append(body[start : end + 1])
+    if start >= 0:
+        first = _first_value(body, start)
+        if first is not None and first not in candidates:
+            candidates.append(first)
     for candidate in candidates:
         if not candidate or _nesting_depth(candidate) > MAX_DEPTH:
             continue
         data = _decode(candidate)
         if isinstance(data, (dict, list)):
             return data
+    return None
+
+
+def _first_value(text: str, start: int) -> str | None:
+    """The bracketed value opening at `text[start]` up to its matching close (quote-aware), or None."""
+    closing = {"{": "}", "[": "]"}
+    stack: list[str] = []
+    quote = None
+    escaped = False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if quote is not None:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch in closing:
+            stack.append(closing[ch])
+        elif ch in "}]":
+            if not stack or stack.pop() != ch:
+                return None
+            if not stack:
+                return text[start : i + 1]
     return None
 
 
@@ -153,8 +186,8 @@ def _object(item: dict) -> Answer:
             point = _number_list(item[key], 2)
             if point is not None:
                 points.append((point[0], point[1]))
-    if POINT_LIST_KEY in item:
-        points.extend(_point_list(item[POINT_LIST_KEY]))
+    if not points and POINT_LIST_KEY in item:  # explicit points_1 / points_2 win over a generic list
+        points = _point_list(item[POINT_LIST_KEY])
     return Answer(box=box, points=points, objects=[], raw=item)
 
 

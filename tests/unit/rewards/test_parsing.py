@@ -123,10 +123,34 @@ def test_bad_coordinates_are_dropped_not_returned(body):
 
 
 def test_bad_points_are_dropped_individually():
+    a = parse_answer('<answer>{"points_1": [NaN, 1], "points_2": [3, 4], "points": [[5, 6]]}</answer>')
+    assert a.points == [(3.0, 4.0)]
+    a = parse_answer('<answer>{"points_1": [NaN, 1], "points": [[1], [5, 6], "x"]}</answer>')
+    assert a.points == [(5.0, 6.0)]  # no usable single point: the generic list is read, bad entries dropped
+
+
+def test_explicit_points_win_over_a_generic_points_key():
     a = parse_answer(
-        '<answer>{"points_1": [NaN, 1], "points_2": [3, 4], "points": [[1], [5, 6], "x"]}</answer>'
+        '<answer>{"bbox": [0, 0, 9, 9], "points_1": [1, 2], "points_2": [3, 4], "points": [[5, 6], [7, 8]]}'
+        "</answer>"
     )
-    assert a.points == [(3.0, 4.0), (5.0, 6.0)]
+    assert a.points == [(1.0, 2.0), (3.0, 4.0)]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"bbox": [1, 2, 3, 4], "points_1": [1, 2], "points_2": [3, 4]}\n{"bbox": [5, 6, 7, 8]}',
+        "{'bbox': [1, 2, 3, 4], 'points_1': [1, 2], 'points_2': [3, 4]} {'bbox': [5, 6, 7, 8]}",
+        'first: {"bbox": [1, 2, 3, 4], "points_1": [1, 2], "points_2": [3, 4], "note": "a } in text"}, '
+        'then {"bbox": [5, 6, 7, 8]}',
+    ],
+)
+def test_first_of_several_bare_objects(body):
+    a = parse_answer(f"<answer>{body}</answer>")
+    assert a.box == (1.0, 2.0, 3.0, 4.0)
+    assert a.points == [(1.0, 2.0), (3.0, 4.0)]
+    assert len(a.objects) == 1 and not a.is_list
 
 
 def test_unknown_keys_parse_to_an_empty_answer():
