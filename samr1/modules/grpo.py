@@ -47,17 +47,27 @@ def group_advantages(
     return adv.reshape(-1)
 
 
-def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimator of KL(policy || reference): exp(ref - logp) - (ref - logp) - 1 (always >= 0)."""
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, clamp: float | None = None) -> torch.Tensor:
+    """Per-token k3 estimator of KL(policy || reference): exp(ref - logp) - (ref - logp) - 1 (always >= 0).
+
+    `clamp`: limit each value to [-clamp, clamp], as verl's "low_var_kl" (Seg-Zero, clamp 10) does.
+    """
     delta = ref_logprobs - logprobs
-    return torch.exp(delta) - delta - 1.0
+    kl = torch.exp(delta) - delta - 1.0
+    return kl if clamp is None else kl.clamp(-clamp, clamp)
 
 
-def aggregate(values: torch.Tensor, mask: torch.Tensor, aggregation: LossAggregation) -> torch.Tensor:
+def aggregate(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    aggregation: LossAggregation,
+    max_length: int | None = None,
+) -> torch.Tensor:
     """Reduce per-token `values` [N, T] over the completion `mask` [N, T] to a scalar.
 
     "token": one mean over every masked token (DAPO, SAM-R1); "sequence": mean per sequence, then over
-    sequences (GRPO); "fixed": sum / (N * T) (Dr. GRPO).
+    sequences (GRPO); "fixed": sum / (N * max_length) (Dr. GRPO: a constant, the maximum completion length,
+    so the scale of the loss does not change with the batch's longest completion; T <= max_length).
     """
     mask = mask.to(values.dtype)
     masked = values * mask
@@ -67,12 +77,19 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, aggregation: LossAggrega
         per_seq = masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         return per_seq.mean()
     if aggregation == "fixed":
-        return masked.sum() / values.numel()
+        if max_length is None or max_length < 1:
+            raise ValueError(
+                f"aggregation 'fixed' divides by N x max_length: pass max_length (the maximum completion "
+                f"length, e.g. max_new_tokens), got {max_length}"
+            )
+        if values.shape[1] > max_length:
+            raise ValueError(f"completions of {values.shape[1]} tokens exceed max_length {max_length}")
+        return masked.sum() / (values.shape[0] * max_length)
     raise ValueError(f"unknown aggregation {aggregation!r}; use 'token', 'sequence' or 'fixed'")
 
 
 def aggregation_units(mask: torch.Tensor, aggregation: LossAggregation) -> float:
-    """What `aggregate` divides a batch's summed loss by, up to a constant T: its masked tokens ("token")
+    """What `aggregate` divides a batch's summed loss by, up to a constant: its masked tokens ("token")
     or its sequences ("sequence", "fixed"). Weighting micro-batch losses by their share of these units makes
     gradient accumulation equal one pass over the whole mini-batch."""
     if aggregation == "token":
@@ -91,11 +108,15 @@ def policy_loss(
     clip_high: float = 0.3,
     kl_coef: float = 0.0,
     aggregation: LossAggregation = "token",
+    max_length: int | None = None,
+    kl_clamp: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped-surrogate GRPO loss with asymmetric clipping and an optional k3 KL penalty.
 
     Per token: -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A) + kl_coef * k3(ref, logp),
-    with ratio = exp(logp - old). Shapes: logprobs, old_logprobs, ref_logprobs, mask [N, T]; advantages [N].
+    with ratio = exp(logp - old), reduced by `aggregate(..., aggregation, max_length)` ("fixed" needs
+    `max_length`). `kl_clamp` clamps each token's k3 to [-kl_clamp, kl_clamp] (Seg-Zero: 10; None: off).
+    Shapes: logprobs, old_logprobs, ref_logprobs, mask [N, T]; advantages [N].
     Returns the scalar loss and detached metrics (kl, clip fractions, mean ratio).
     """
     if logprobs.shape != old_logprobs.shape or logprobs.shape != mask.shape:
@@ -114,11 +135,11 @@ def policy_loss(
     per_token = -torch.minimum(ratio * adv, clipped * adv)
     metrics: dict[str, torch.Tensor] = {}
     if ref_logprobs is not None:
-        kl = k3_kl(logprobs, ref_logprobs)
+        kl = k3_kl(logprobs, ref_logprobs, kl_clamp)
         if kl_coef > 0:
             per_token = per_token + kl_coef * kl
         metrics["kl"] = aggregate(kl.detach(), mask_f, "token")
-    loss = aggregate(per_token, mask_f, aggregation)
+    loss = aggregate(per_token, mask_f, aggregation, max_length)
     with torch.no_grad():
         # A token is clipped when the clipped branch is the one the min picked and it differs from the ratio.
         low = ((ratio < 1.0 - clip_low) & (adv < 0)).to(logprobs.dtype)

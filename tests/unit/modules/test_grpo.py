@@ -62,11 +62,13 @@ ROW1 = [2.0, 1.6]
     [
         ("token", (sum(ROW0) + sum(ROW1)) / 5),
         ("sequence", (sum(ROW0) / 3 + sum(ROW1) / 2) / 2),
-        ("fixed", (sum(ROW0) + sum(ROW1)) / 6),
+        ("fixed", (sum(ROW0) + sum(ROW1)) / (2 * 1300)),  # Dr. GRPO: N x max_length, not N x T
     ],
 )
 def test_policy_loss_aggregations(aggregation, expected):
-    loss, metrics = policy_loss(LOGP, OLD, ADV, MASK, clip_low=0.2, clip_high=0.3, aggregation=aggregation)
+    loss, metrics = policy_loss(
+        LOGP, OLD, ADV, MASK, clip_low=0.2, clip_high=0.3, aggregation=aggregation, max_length=1300
+    )
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     assert metrics["clip_frac_high"].item() == pytest.approx(1 / 5)
     assert metrics["clip_frac_low"].item() == pytest.approx(1 / 5)
@@ -80,6 +82,32 @@ def test_policy_loss_with_k3_kl():
     loss, metrics = policy_loss(LOGP, OLD, ADV, MASK, ref_logprobs=ref, kl_coef=0.1)
     assert loss.item() == pytest.approx((sum(ROW0) + sum(ROW1) + 0.1 * k3) / 5, abs=1e-6)
     assert metrics["kl"].item() == pytest.approx(k3 / 5, abs=1e-7)
+
+
+def test_fixed_aggregation_is_a_constant_and_needs_max_length():
+    # The same tokens padded to a longer rollout give the same loss: the divisor is N x max_length.
+    padded = [torch.nn.functional.pad(x, (0, 4)) for x in (LOGP, OLD, MASK)]
+    short, _ = policy_loss(LOGP, OLD, ADV, MASK, aggregation="fixed", max_length=8)
+    long, _ = policy_loss(*padded[:2], ADV, padded[2], aggregation="fixed", max_length=8)
+    assert short.item() == long.item() == pytest.approx((sum(ROW0) + sum(ROW1)) / 16, abs=1e-7)
+    with pytest.raises(ValueError, match="max_length"):
+        policy_loss(LOGP, OLD, ADV, MASK, aggregation="fixed")
+    with pytest.raises(ValueError, match="exceed max_length 2"):
+        policy_loss(LOGP, OLD, ADV, MASK, aggregation="fixed", max_length=2)
+
+
+def test_kl_clamp_limits_each_token_to_ten():
+    logp = torch.tensor([[-4.0, -1.0]])
+    ref = torch.tensor([[-1.0, -1.5]])  # deltas 3 and -0.5: k3 = e^3 - 4 = 16.0855 and e^-0.5 - 0.5
+    small = math.exp(-0.5) - 0.5
+    assert k3_kl(logp, ref)[0].tolist() == pytest.approx([math.exp(3) - 4, small])
+    assert k3_kl(logp, ref, clamp=10.0)[0].tolist() == pytest.approx([10.0, small])
+    mask, adv = torch.ones(1, 2), torch.zeros(1)
+    _, off = policy_loss(logp, logp, adv, mask, ref_logprobs=ref, kl_coef=0.1)
+    loss, on = policy_loss(logp, logp, adv, mask, ref_logprobs=ref, kl_coef=0.1, kl_clamp=10.0)
+    assert off["kl"].item() == pytest.approx((math.exp(3) - 4 + small) / 2)
+    assert on["kl"].item() == pytest.approx((10.0 + small) / 2)
+    assert loss.item() == pytest.approx(0.1 * (10.0 + small) / 2)
 
 
 def test_k3_is_zero_at_equality_and_positive_elsewhere():
@@ -110,12 +138,14 @@ def test_weighted_micro_batches_equal_one_pass(aggregation):
     old = logp.detach() + 0.1 * torch.randn(6, 5, generator=g)
     adv = torch.randn(6, generator=g)
     mask = (torch.rand(6, 5, generator=g) > 0.3).long()
-    full, _ = policy_loss(logp, old, adv, mask, aggregation=aggregation)
+    full, _ = policy_loss(logp, old, adv, mask, aggregation=aggregation, max_length=5)
     (full_grad,) = torch.autograd.grad(full, logp)
     total = aggregation_units(mask, aggregation)
     accumulated = torch.zeros_like(logp)
     for rows in (slice(0, 2), slice(2, 5), slice(5, 6)):
-        part, _ = policy_loss(logp[rows], old[rows], adv[rows], mask[rows], aggregation=aggregation)
+        part, _ = policy_loss(
+            logp[rows], old[rows], adv[rows], mask[rows], aggregation=aggregation, max_length=5
+        )
         (grad,) = torch.autograd.grad(part * aggregation_units(mask[rows], aggregation) / total, logp)
         accumulated += grad
     torch.testing.assert_close(accumulated, full_grad)
