@@ -1,4 +1,4 @@
-"""The SAM-R1 training-set builder: seeded draw, resized images and masks, tight boxes, points, JSONL round trip."""
+"""The SAM-R1 training-set builder: seeded draw, aspect-kept size cap, exact geometry, JSONL round trip."""
 
 from __future__ import annotations
 
@@ -37,24 +37,43 @@ def test_subset_keeps_masks_and_reads_back(refer, tmp_path):
     assert (tmp_path / "out" / "images" / "COCO_train2014_000000000001.jpg").read_bytes() == original
 
 
-def test_resize_scales_images_and_masks_and_the_draw_is_seeded(refer, tmp_path):
+def test_size_cap_keeps_the_aspect_ratio_and_scales_geometry_exactly(refer, tmp_path):
     data_root, image_root, train = refer
-    first = prepare_refcocog_subset(data_root, image_root, tmp_path / "a", n=4, seed=0, resize=40)
-    again = prepare_refcocog_subset(data_root, image_root, tmp_path / "b", n=4, seed=0, resize=40)
+    first = prepare_refcocog_subset(data_root, image_root, tmp_path / "a", n=4, seed=0, max_side=12)
+    again = prepare_refcocog_subset(data_root, image_root, tmp_path / "b", n=4, seed=0, max_side=12)
     assert first.read_text() == again.read_text()
     lines = [json.loads(line) for line in first.read_text().splitlines()]
     assert sorted(line["id"] for line in lines) == sorted(train)  # n = all four train sentences
-    for sample in JsonlSegDataset(first):
-        mask = train[sample.id][2]
+    # Image 1 is 20 x 16: capped to 12 x 10 (12 / 20 = 0.6; 16 x 0.6 = 9.6 -> 10), never to a square.
+    by_id = {sample.id: sample for sample in JsonlSegDataset(first)}
+    for sample_id in ("refcocog-100", "refcocog-103"):  # the two parts (ann 10) and the bar (ann 11)
+        sample = by_id[sample_id]
+        assert sample.load_image().size == (12, 10)
+        assert sample.meta["original_size"] == [20, 16] and sample.meta["scale"] == [0.6, 0.625]
+        mask = train[sample_id][2]
         expected = np.asarray(
-            Image.fromarray(mask.astype(np.uint8)).resize((40, 40), Image.Resampling.NEAREST)
+            Image.fromarray(mask.astype(np.uint8)).resize((12, 10), Image.Resampling.NEAREST)
         )
         np.testing.assert_array_equal(sample.mask, expected)
-        assert sample.load_image().size == (40, 40)
-        assert sample.meta["original_size"] == list(mask.shape[::-1]) and sample.meta["resize"] == 40
-        assert sample.box is not None and all(sample.mask[int(y), int(x)] for x, y in sample.points)
-    other = prepare_refcocog_subset(data_root, image_root, tmp_path / "c", n=4, seed=5, resize=40)
-    assert [json.loads(x)["id"] for x in other.read_text().splitlines()] != [x["id"] for x in lines]
+        full = _full_resolution(tmp_path, data_root, image_root, sample_id)
+        assert sample.box == pytest.approx([v * s for v, s in zip(full.box, (0.6, 0.625, 0.6, 0.625))])
+        np.testing.assert_allclose(np.array(sample.points), np.array(full.points) * [0.6, 0.625])
+    assert by_id["refcocog-100"].box == pytest.approx((0.6, 1.25, 9.6, 7.5))  # tight box (1, 2, 16, 12)
+
+
+def _full_resolution(tmp_path, data_root, image_root, sample_id):
+    path = tmp_path / "full" / "train.jsonl"
+    if not path.exists():
+        prepare_refcocog_subset(data_root, image_root, tmp_path / "full", n=4, seed=0)
+    return next(s for s in JsonlSegDataset(path) if s.id == sample_id)
+
+
+def test_a_cap_above_the_image_copies_it(refer, tmp_path):
+    data_root, image_root, _ = refer
+    path = prepare_refcocog_subset(data_root, image_root, tmp_path / "out", n=4, seed=0, max_side=24)
+    original = (image_root / "COCO_train2014_000000000001.jpg").read_bytes()
+    assert (tmp_path / "out" / "images" / "COCO_train2014_000000000001.jpg").read_bytes() == original
+    assert {tuple(s.meta["scale"]) for s in JsonlSegDataset(path)} == {(1.0, 1.0)}
 
 
 def test_errors_and_command_line(refer, tmp_path):
@@ -68,8 +87,10 @@ def test_errors_and_command_line(refer, tmp_path):
     assert not (tmp_path / "out" / "train.jsonl").exists()
     with pytest.raises(ValueError, match="only 0 of 1 samples"):
         prepare_refcocog_subset(data_root, image_root, tmp_path / "out", n=1, split="val", on_error="skip")
-    path = main(
-        ["refcocog-subset", "--data-root", str(data_root), "--image-root", str(image_root)]
-        + ["--out", str(tmp_path / "cli"), "--n", "2", "--seed", "3", "--resize", "32"]
-    )
-    assert len(JsonlSegDataset(path)) == 2 and JsonlSegDataset(path)[0].load_image().size == (32, 32)
+    args = ["refcocog-subset", "--data-root", str(data_root), "--image-root", str(image_root)]
+    path = main(args + ["--out", str(tmp_path / "cli"), "--n", "2", "--seed", "3", "--max-side", "10"])
+    assert len(JsonlSegDataset(path)) == 2 and JsonlSegDataset(path)[0].load_image().size == (10, 8)
+    with pytest.raises(SystemExit):
+        main(args + ["--out", str(tmp_path / "old"), "--resize", "840"])  # removed: it stretched images
+    with pytest.raises(ValueError, match="max_side"):
+        prepare_refcocog_subset(data_root, image_root, tmp_path / "out", n=1, max_side=0)
