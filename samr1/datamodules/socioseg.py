@@ -6,9 +6,10 @@ of every socially defined entity it names (all the schools of the tile, say). Tw
 - the raw release: `<root>/<split>/<id>/sat.png, map.png, mask.png, question.json` (query under "problem");
 - the Hugging Face copy (`vvangfaye/SocioSeg`) saved locally as parquet, columns `id`, `problem`,
   `sat_image`, `map_image`, `mask_label` (images as PNG bytes or `{"bytes", "path"}` structs, the `Image`
-  feature's storage). Files are found, first match wins, at `<root>/data/<split>-*.parquet`,
-  `<root>/<split>/*.parquet`, `<root>/<split>.parquet`, `<root>/<split>-*.parquet` (split "val" also
-  matches "validation"). Nothing touches the network.
+  feature's storage). Files are found, first match wins, at `<root>/data/<split>-<shard>.parquet`,
+  `<root>/<split>/*.parquet`, `<root>/<split>.parquet`, `<root>/<split>-<shard>.parquet` (`<shard>`: the
+  Hub's `00000-of-00001` numbering; split "val" also matches "validation"). Any split name works in both
+  layouts (an out-of-distribution split such as "ood"). Nothing touches the network.
 
 Masks: any non-zero pixel of the mask image is target (any colour channel; alpha ignored). The satellite image is
 what SAM segments and what the mask refers to; the map is shown to the model first when `images="map+satellite"`
@@ -19,6 +20,7 @@ goes to `meta["group"]` so metrics are reported per level; see docs/socioseg.md 
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import logging
 import re
@@ -136,16 +138,22 @@ def image_source(value: Any, column: str, folder: Path) -> Path | bytes:
 
 
 def parquet_files(root: Path, split: str) -> list[Path]:
-    """The parquet files of `split` under `root` (module doc: the patterns, first match wins)."""
+    """The parquet files of `split` under `root` (module doc: the patterns, first match wins).
+
+    A shard's suffix must be the Hub's numbering (`-00000-of-00002`), so split "test" never takes the files
+    of a split named "test-ood"; the split name is matched literally (glob characters escaped).
+    """
     names = [split, "validation"] if split == "val" else [split]
     for name in names:
-        for pattern in (
-            f"data/{name}-*.parquet",
-            f"{name}/*.parquet",
-            f"{name}.parquet",
-            f"{name}-*.parquet",
+        literal = glob.escape(name)
+        shard = re.compile(rf"{re.escape(name)}-\d+(?:-of-\d+)?\.parquet")
+        for pattern, sharded in (
+            (f"data/{literal}-*.parquet", True),
+            (f"{literal}/*.parquet", False),
+            (f"{literal}.parquet", False),
+            (f"{literal}-*.parquet", True),
         ):
-            found = sorted(root.glob(pattern))
+            found = sorted(p for p in root.glob(pattern) if not sharded or shard.fullmatch(p.name))
             if found:
                 return found
     return []
@@ -203,8 +211,8 @@ class SocioSegDataset(SampleDataset):
         files = parquet_files(self.root, split) if layout in ("auto", "parquet") else []
         if layout == "parquet" and not files:
             raise FileNotFoundError(
-                f"no parquet files for split {split!r} under {self.root} (looked for data/{split}-*.parquet, "
-                f"{split}/*.parquet, {split}.parquet, {split}-*.parquet)"
+                f"no parquet files for split {split!r} under {self.root} (looked for "
+                f"data/{split}-<shard>.parquet, {split}/*.parquet, {split}.parquet, {split}-<shard>.parquet)"
             )
         self.layout = "parquet" if files else "raw"
         self.items: list[_Example] = []

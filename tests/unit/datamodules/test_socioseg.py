@@ -312,6 +312,33 @@ def test_parquet_file_patterns_and_plain_bytes_columns(tmp_path, relative, split
     assert_reads_exactly(dataset, examples, levels=NO_JSON_LEVELS)
 
 
+def test_custom_split_name_in_both_layouts_and_the_ood_config(tmp_path):
+    # "test-ood" next to "test": a split's files never include those of a longer name sharing its prefix.
+    examples = _with_images(socioseg_examples())
+    write_parquet(tmp_path / "hub" / "data" / "test-ood-00000-of-00001.parquet", examples[:2])
+    write_parquet(tmp_path / "hub" / "data" / "test-00000-of-00001.parquet", examples[2:])
+    ood = SocioSegDataset(tmp_path / "hub", "test-ood")
+    assert ood.layout == "parquet" and [item.id for item in ood.items] == ["socio-name_0001", "0002"]
+    assert [item.id for item in SocioSegDataset(tmp_path / "hub", "test").items] == ["0003"]
+    raw_examples = write_raw(tmp_path / "raw", split="new_region")
+    raw = SocioSegDataset(tmp_path / "raw", "new_region", on_error="skip")
+    assert raw.layout == "raw" and len(raw) == 3
+    assert_reads_exactly(raw, raw_examples)
+    assert raw[0].meta["split"] == "new_region"
+
+    config = yaml.safe_load(Path("configs/data/socioseg_ood.yaml").read_text())
+    assert config["model"]["eval_groups"] == ["socio-name", "socio-class", "socio-semantic"]
+    init = {**config["data"]["init_args"], "root": str(tmp_path / "hub"), "test_split": "test-ood"}
+    module = SocioSegDataModule(**init)
+    module.setup("test")
+    batch = next(iter(module.test_dataloader()))
+    assert [s.id for s in batch] == ["socio-name_0001", "0002"]
+    assert [s.meta.get("group") for s in batch] == ["socio-name", None]  # the copy lacks 0002's json level
+    module = SocioSegDataModule(**config["data"]["init_args"])  # the shipped default names its folder
+    with pytest.raises(FileNotFoundError, match="data/SocioSeg"):
+        module.setup("test")
+
+
 def test_parquet_missing_column_names_file_and_column(tmp_path):
     examples = _with_images(socioseg_examples()[:1])
     path = write_parquet(tmp_path / "SocioSeg" / "test.parquet", examples, drop="mask_label")
