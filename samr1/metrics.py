@@ -139,8 +139,35 @@ class BoxAccuracy(Metric):
         return self.hits.double() / self.total.double() if self.total > 0 else torch.tensor(float("nan"))
 
 
+class ExactMean(Metric):
+    """Mean of per-sample values (e.g. a reward on the evaluation's answers), summed in the fixed point of the
+    per-sample IoUs behind gIoU, so the result does not depend on how samples were split across processes and
+    a value equal to each sample's IoU averages to exactly gIoU. `update(values)`: finite floats."""
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total_fixed", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, values: Any) -> None:
+        values = as_numpy(values).astype(np.float64).reshape(-1)
+        if not np.isfinite(values).all():
+            raise ValueError("ExactMean needs finite values")
+        self.total_fixed += int(sum(round(float(v) * IOU_SCALE) for v in values))
+        self.count += len(values)
+
+    def compute(self) -> torch.Tensor:
+        if self.count == 0:
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        return self.total_fixed.double() / IOU_SCALE / self.count.double()
+
+
 class ParseFailureRate(Metric):
-    """Fraction of answers that could not be parsed: `update(answers)` counts each None as a failure."""
+    """Fraction of answers that failed: `update(answers)` counts each None as a failure (evaluation passes
+    None for an answer that does not parse and for one that parses but holds neither a box nor points)."""
 
     full_state_update = False
     higher_is_better = False

@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 
 from samr1.callbacks.overlays import draw_prediction
-from samr1.modules.evaluation import SampleResult, segment_answer
+from samr1.modules.evaluation import SampleResult, as_answer_segmenter
 from samr1.rewards.parsing import Answer
 from samr1.sample import SegSample
 
@@ -35,19 +35,22 @@ def file_stem(sample_id: str) -> str:
 
 
 def result_mask(result: SampleResult, sample: SegSample, image: np.ndarray, segmenter) -> np.ndarray | None:
-    """The result's mask; without one, SAM's mask for its box and points (original pixels), if SAM is there."""
+    """The result's mask; without one, SAM's mask for its box and points (original pixels), if SAM is there.
+
+    `segmenter`: the run's `AnswerSegmenter` (`GRPOModule.answer_segmenter`: the same path and mask selection
+    as the rewards and evaluation) or a bare segmenter (then the default "best" selection)."""
     if result.mask is not None:
         return np.asarray(result.mask, dtype=bool)
-    if segmenter is None:
+    segment = as_answer_segmenter(segmenter)
+    if segment is None:
         return None
-    if result.box is None and not result.points:
-        return np.zeros(image.shape[:2], dtype=bool)
     obj = Answer(
         box=tuple(result.box) if result.box is not None else None,
         points=[tuple(p) for p in result.points or []],
     )
     original = SegSample(id=sample.id, query=sample.query, image_path=sample.image_path, image=sample.image)
-    return segment_answer(segmenter, image, original, [obj])  # no transform: coordinates are original
+    (mask,), _ = segment([original], [obj])  # no transform: the coordinates are original pixels
+    return np.zeros(image.shape[:2], dtype=bool) if mask is None else mask
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -72,7 +75,7 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
     ) -> None:
-        segmenter = getattr(pl_module, "segmenter", None)
+        segmenter = getattr(pl_module, "answer_segmenter", None) or getattr(pl_module, "segmenter", None)
         lines = []
         for result, sample in zip(prediction, batch):
             lines.append(self.write_result(result, sample, segmenter))

@@ -3,8 +3,10 @@
 `RolloutTableCallback` logs through the trainer's `WandbLogger` (and does nothing without one):
 
 * `train/rollouts`, every `every_n_steps` rollout batches: one row per completion (the first `max_rows`),
-  with the image overlay (GT mask, answer box and points, SAM's mask when a `MaskIoUReward` is configured),
-  the completion, the total reward and one column per reward.
+  with the image overlay (GT mask, answer box and points, SAM's mask), the completion, the total reward and
+  one column per reward. SAM's mask is the mask reward's (the run's one answer -> mask path); without a mask
+  reward, the shown rows are segmented through that same path (`GRPOModule.answer_segmenter`) when SAM is
+  configured.
 * `val/predictions` and `val/metrics` after each validation: the greedy answers of the first `max_rows`
   samples drawn on their images with their IoU, and the `val/*` metrics as a table.
 
@@ -62,11 +64,16 @@ def completion_overlay(
     return thumbnail(image, max_side)
 
 
-def rollout_rows(record: StepRecord, step: int, max_rows: int, max_side: int | None = 512):
-    """(columns, rows) of a training step's record; the overlay cells are PIL images."""
+def rollout_rows(
+    record: StepRecord, step: int, max_rows: int, max_side: int | None = 512, segment: Any = None
+) -> tuple[list[str], list[list]]:
+    """(columns, rows) of a training step's record; the overlay cells are PIL images. `segment`: the run's
+    `AnswerSegmenter`, used for the shown rows when no reward made masks (None: no SAM mask drawn)."""
     names = list(record.rewards)
     columns = ["step", "sample_id", "query", "overlay", "completion", "total_reward", *names]
     masks = record.masks
+    if masks is None and segment is not None:
+        masks, _ = segment(record.samples[:max_rows], record.answers[:max_rows])
     rows = []
     for i, (sample, text) in enumerate(zip(record.samples[:max_rows], record.rollouts.texts)):
         mask = masks[i] if masks is not None else None
@@ -157,7 +164,8 @@ class RolloutTableCallback(L.Callback):
         record = getattr(pl_module, "last_step", None)
         if logger is None or record is None:
             return
-        columns, rows = rollout_rows(record, trainer.global_step, self.max_rows, self.max_image_side)
+        segment = getattr(pl_module, "answer_segmenter", None)
+        columns, rows = rollout_rows(record, trainer.global_step, self.max_rows, self.max_image_side, segment)
         logger.log_table(ROLLOUT_KEY, columns=columns, data=_wandb_cells(rows), step=trainer.global_step)
 
     # ------------------------------------------------------------ validation

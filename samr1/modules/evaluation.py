@@ -1,7 +1,9 @@
 """Evaluation as the field reports it (LISA's semantics): parse, SAM on original pixels, exact metrics.
 
-Greedy answers are parsed; the box and points are mapped back to original pixels and given to SAM, which
-keeps its best-scoring mask. No sample is ever dropped: an unparseable answer is an empty prediction.
+Greedy answers are parsed; the box and points are mapped back to original pixels and given to SAM through
+the run's one answer -> mask path (`samr1.sam.segment`, the mask rewards' path and mask selection: by default
+the highest predicted IoU of SAM's multimask output). No sample is ever dropped: an answer that does not parse,
+or holds neither a box nor points, is an empty prediction and counts as a parse failure.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torchmetrics import MeanMetric
 
 from samr1.geometry import box_iou
 from samr1.metrics import (
     BoxAccuracy,
+    ExactMean,
     GroupedSegmentationIoU,
     ParseFailureRate,
     SegmentationIoU,
@@ -28,6 +30,7 @@ from samr1.metrics import (
     sample_iou,
 )
 from samr1.rewards.parsing import Answer, parse_answer
+from samr1.sam.segment import AnswerSegmenter, SegmentRule, answer_prompts, segment_answer  # noqa: F401
 from samr1.sample import SegSample
 
 
@@ -64,31 +67,43 @@ def sample_group(sample: SegSample) -> str | None:
 
 
 def answer_objects(answer: Answer | None, multi_object: bool) -> list[Answer]:
+    """The objects of an answer evaluation reads (the first, or all with `multi_object`) that have a prompt."""
     if answer is None:
         return []
     objects = list(answer.objects) if multi_object and answer.objects else [answer]
     return [o for o in objects if o.box is not None or o.points]
 
 
-def segment_answer(segmenter, image: np.ndarray, sample: SegSample, objects: list[Answer]) -> np.ndarray:
-    """SAM's best-scoring mask for each object's box and points (original pixels), united."""
-    union = np.zeros(image.shape[:2], dtype=bool)
-    embedding = segmenter.embed(image) if hasattr(segmenter, "embed") else None  # encode the image once
-    for obj in objects:
-        box = sample.to_original(obj.box)[None] if obj.box is not None else None
-        points = sample.to_original(obj.points)[None] if obj.points else None
-        labels = np.ones((1, len(obj.points)), dtype=np.int64) if obj.points else None
-        if embedding is not None:
-            masks, _ = segmenter.decode(embedding, box, points, labels, True)
-        else:
-            masks, _ = segmenter.predict(image, boxes=box, points=points, point_labels=labels, multimask=True)
-        union |= np.asarray(masks.cpu() if isinstance(masks, torch.Tensor) else masks)[0].astype(bool)
-    return union
+def as_answer_segmenter(segmenter: Any) -> AnswerSegmenter | None:
+    """The run's answer segmenter as given, or a bare segmenter wrapped with the default selection ("best")."""
+    if segmenter is None or isinstance(segmenter, AnswerSegmenter):
+        return segmenter
+    return AnswerSegmenter(segmenter)
 
 
-def evaluate_sample(text: str, sample: SegSample, segmenter, multi_object: bool = False) -> SampleResult:
+def evaluate_samples(
+    texts: list[str], samples: list[SegSample], segmenter: Any, multi_object: bool = False
+) -> list[SampleResult]:
+    """One `SampleResult` per (completion, sample); SAM runs once per image for the whole batch.
+
+    `segmenter`: the run's `AnswerSegmenter` (or a bare segmenter, then the "best" selection), or None (no
+    masks). Boxes and points of the first object are reported in original pixels; the mask unites every
+    object's mask with `multi_object`. Samples with a GT mask get intersection, union and IoU (LISA's rules).
+    """
+    segment = as_answer_segmenter(segmenter)
+    answers = [parse_answer(text) for text in texts]
+    masks: list[np.ndarray | None] = [None] * len(texts)
+    if segment is not None:  # also without GT (predict on a user's image): the mask is the output
+        masks, _ = segment(samples, answers, "box+points", multi_object)
+    return [_result(t, s, a, m, multi_object) for t, s, a, m in zip(texts, samples, answers, masks)]
+
+
+def evaluate_sample(text: str, sample: SegSample, segmenter: Any, multi_object: bool = False) -> SampleResult:
+    return evaluate_samples([text], [sample], segmenter, multi_object)[0]
+
+
+def _result(text, sample, answer, mask, multi_object) -> SampleResult:
     result = SampleResult(id=str(sample.id), query=sample.query, completion=text, group=sample_group(sample))
-    answer = parse_answer(text)
     objects = answer_objects(answer, multi_object)
     if answer is None:
         result.failure = "unparseable"
@@ -101,11 +116,7 @@ def evaluate_sample(text: str, sample: SegSample, segmenter, multi_object: bool 
             result.box_iou = box_iou(result.box, sample.box)
     if first is not None and first.points:
         result.points = sample.to_original(first.points).tolist()
-    if (
-        objects and segmenter is not None
-    ):  # also without GT (predict on a user's image): the mask is the output
-        image = np.asarray(sample.load_image())
-        result.mask = segment_answer(segmenter, image, sample, objects)
+    result.mask = mask
     if sample.mask is None:
         return result
     inter, union = intersection_union(result.mask, sample.mask)  # None: an empty prediction
@@ -131,7 +142,7 @@ class Evaluator(nn.Module):
         self.grouped = GroupedSegmentationIoU(groups=groups)
         self.box_accuracy = BoxAccuracy()
         self.parse_failures = ParseFailureRate()
-        self.reward_means = nn.ModuleDict({name: MeanMetric() for name in reward_names})
+        self.reward_means = nn.ModuleDict({name: ExactMean() for name in reward_names})
         self.groups = tuple(groups)
         self.multi_object = multi_object
         self.records: list[SampleResult] = []
@@ -144,7 +155,7 @@ class Evaluator(nn.Module):
         self.unreadable += len(getattr(batch, "failures", ()))
 
     def update(self, texts: list[str], samples: list[SegSample], segmenter, rewards=()) -> list[SampleResult]:
-        results = [evaluate_sample(t, s, segmenter, self.multi_object) for t, s in zip(texts, samples)]
+        results = evaluate_samples(texts, samples, segmenter, self.multi_object)
         with_mask = [(r, s) for r, s in zip(results, samples) if s.mask is not None]
         if with_mask:
             if segmenter is None:
@@ -158,7 +169,8 @@ class Evaluator(nn.Module):
         with_box = [(r, s) for r, s in zip(results, samples) if s.box is not None]
         if with_box:
             self.box_accuracy.update([r.box for r, _ in with_box], [s.box for _, s in with_box])
-        self.parse_failures.update([None if r.failure == "unparseable" else r for r in results])
+        # A failure is an answer that gives SAM nothing: unparseable, or neither a box nor points.
+        self.parse_failures.update([None if r.failure is not None else r for r in results])
         for reward in rewards:
             if reward.name in self.reward_means:
                 self.reward_means[reward.name].update(reward(texts, samples))
@@ -220,8 +232,9 @@ def _synced_total(count: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def summary_table(results: dict[str, float], n: int) -> str:
-    """A plain-text table of the evaluation results (fractions shown as percentages)."""
+def summary_table(results: dict[str, float], n: int, settings: dict[str, Any] | None = None) -> str:
+    """A plain-text table of the evaluation results (fractions shown as percentages), then the settings
+    they were produced with (decoding, prompt, mask selection), so a number is never read without them."""
     lines = [f"{'metric':<28}{'value':>10}", "-" * 38, f"{'samples':<28}{n:>10d}"]
     for key, value in results.items():
         is_count = key.endswith("/count") or key == "unreadable_samples"
@@ -229,4 +242,6 @@ def summary_table(results: dict[str, float], n: int) -> str:
         if key.startswith("reward/"):
             shown = f"{value:10.4f}"
         lines.append(f"{key:<28}{shown}")
+    if settings:
+        lines += ["-" * 38, *(f"{key:<28}{value!s:>10}" for key, value in settings.items())]
     return "\n".join(lines)

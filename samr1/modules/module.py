@@ -14,14 +14,20 @@ import lightning as L
 import torch
 
 from samr1.models.qwen2_5_vl.checkpoint import save_pretrained
-from samr1.models.qwen2_5_vl.loading import check_model_path, load_policy, load_processor, special_token_ids
+from samr1.models.qwen2_5_vl.loading import (
+    check_model_path,
+    generation_defaults,
+    load_policy,
+    load_processor,
+    special_token_ids,
+)
 from samr1.models.qwen2_5_vl.lora import add_lora, is_peft
 from samr1.models.qwen2_5_vl.prefix_cache import image_features
 from samr1.models.qwen2_5_vl.sharding import check_strategy, shard_policy
-from samr1.modules.evaluation import Evaluator, SampleResult, evaluate_sample, summary_table
+from samr1.modules.evaluation import Evaluator, SampleResult, evaluate_samples, summary_table
 from samr1.modules.grpo import AdvantageScale, LossAggregation, group_advantages
 from samr1.modules.logprobs import completion_logprobs
-from samr1.modules.prompting import DEFAULT_PROMPT, PromptBatch, PromptBuilder
+from samr1.modules.prompting import PromptBatch, PromptBuilder
 from samr1.modules.reference import AdapterDisabledReference, ReferenceModel
 from samr1.modules.rollout import Rollouts, generate_rollouts
 from samr1.modules.schedule import lr_factor
@@ -30,6 +36,7 @@ from samr1.modules.update import UpdateBatch, mini_batch_size, needs_old_logprob
 from samr1.rewards.base import Reward, RewardContext
 from samr1.rewards.combine import reward_statistics, score_completions
 from samr1.rewards.parsing import parse_answer
+from samr1.sam.segment import AnswerSegmenter, MaskSelection
 from samr1.sample import SegSample
 
 __all__ = ["GRPOModule", "out_of_memory_hint"]
@@ -41,16 +48,22 @@ class GRPOModule(L.LightningModule):
     Args:
         model_path: Hugging Face directory or cached hub id of a Qwen2.5-VL model (safetensors, no remote code).
         rewards: reward plugins (YAML `class_path`), summed with their weights; default: think format + box IoU.
-        prompt_template: the user text around the query; `{query}` is replaced by the sample's query.
+        prompt_template: a preset of `samr1.modules.prompting.PROMPTS` ("samr1", "segzero",
+            "visionreasoner": each its model's exact text and query normalisation) or a literal template
+            whose `{query}` is replaced by the sample's query (literal braces doubled).
         image_size: (width, height) every image is resized to for the policy (multiples of 28); null: Qwen's
             smart resize within min_pixels / max_pixels. Answers map back to original pixels exactly.
         min_pixels: smart resize lower bound on width x height (image_size null only).
         max_pixels: smart resize upper bound on width x height (image_size null only).
         group_size: completions per prompt (G); at least 2.
-        max_new_tokens: completion length limit in training (tokens); truncated completions are logged.
+        max_new_tokens: completion length limit in training (tokens); truncated completions are logged. Also
+            the constant of aggregation "fixed".
         temperature: sampling temperature of the rollouts (log-probs use the same temperature).
         top_p: nucleus sampling mass of the rollouts (1.0: the full distribution).
         eval_max_new_tokens: completion length limit of greedy evaluation (default: max_new_tokens).
+        eval_repetition_penalty: repetition penalty of greedy evaluation; null follows the checkpoint's
+            generation_config.json as Hugging Face `generate` does (Qwen2.5-VL-Instruct: 1.05); 1.0: off.
+            Printed with the results.
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW weight decay of matrices (biases and norm gains get none).
         adam_betas: AdamW (beta1, beta2).
@@ -64,8 +77,11 @@ class GRPOModule(L.LightningModule):
         clip_low: PPO clip range below 1 (ratio >= 1 - clip_low).
         clip_high: PPO clip range above 1 (ratio <= 1 + clip_high; DAPO's clip-higher when > clip_low).
         kl_coef: k3 KL coefficient; the reference model is loaded only when it is positive.
-        aggregation: how token terms become the loss: token (DAPO: one mean over all tokens), sequence
-            (GRPO: mean of per-sequence means) or fixed (Dr. GRPO: sum / (N x max length)).
+        kl_clamp: clamp each token's k3 KL to [-kl_clamp, kl_clamp] (Seg-Zero / verl "low_var_kl": 10);
+            null: no clamp.
+        aggregation: how token terms become the loss: token (DAPO, SAM-R1: one mean over all tokens),
+            sequence (GRPO, Seg-Zero: mean of per-sequence means) or fixed (Dr. GRPO: sum / (N x
+            max_new_tokens), a constant).
         advantage_scale: group (reward minus group mean, over group std), batch (over the batch std) or none
             (Dr. GRPO: centred only).
         entropy_coef: entropy bonus coefficient (subtracted from the loss; 0: off).
@@ -82,6 +98,9 @@ class GRPOModule(L.LightningModule):
         sam_model_type: segment-anything architecture of sam_checkpoint (vit_h, vit_l, vit_b, vit_tiny).
         sam_backend: segment_anything (official .pth checkpoints) or sam2 (a transformers Sam2Model directory).
         sam_cache_size: SAM image embeddings kept in an LRU cache across steps (0: off).
+        mask_selection: which of SAM's masks every mask reward, evaluation and prediction keeps: best (the
+            highest predicted IoU of SAM's multimask output, as the field's evaluation does) or single (SAM's
+            single-mask output).
         predictions_path: test: write one JSON line per sample (answer, parsed box/points, IoU, failure) here,
             and the metrics next to it as <name>.metrics.json.
         eval_groups: report groups for gIoU/cIoU (a sample's meta["group"], or ReasonSeg's short/long).
@@ -93,7 +112,7 @@ class GRPOModule(L.LightningModule):
         self,
         model_path: str = ".tiny/qwen2_5_vl",
         rewards: list[Reward] | None = None,
-        prompt_template: str = DEFAULT_PROMPT,
+        prompt_template: str = "samr1",
         image_size: tuple[int, int] | None = (840, 840),
         min_pixels: int = 56 * 56,
         max_pixels: int = 28 * 28 * 1280,
@@ -102,6 +121,7 @@ class GRPOModule(L.LightningModule):
         temperature: float = 1.0,
         top_p: float = 1.0,
         eval_max_new_tokens: int | None = None,
+        eval_repetition_penalty: float | None = None,
         learning_rate: float = 1e-6,
         weight_decay: float = 0.01,
         adam_betas: tuple[float, float] = (0.9, 0.999),
@@ -114,6 +134,7 @@ class GRPOModule(L.LightningModule):
         clip_low: float = 0.2,
         clip_high: float = 0.3,
         kl_coef: float = 0.0,
+        kl_clamp: float | None = None,
         aggregation: LossAggregation = "token",
         advantage_scale: AdvantageScale = "group",
         entropy_coef: float = 0.0,
@@ -129,6 +150,7 @@ class GRPOModule(L.LightningModule):
         sam_model_type: str = "vit_h",
         sam_backend: Literal["segment_anything", "sam2"] = "segment_anything",
         sam_cache_size: int = 0,
+        mask_selection: MaskSelection = "best",
         predictions_path: str | None = None,
         eval_groups: tuple[str, ...] = ("short", "long"),
         eval_multi_object: bool = False,
@@ -145,6 +167,13 @@ class GRPOModule(L.LightningModule):
             or (mini_batch_size is not None and mini_batch_size < 1)
         ):
             raise ValueError("num_iterations, micro_batch_size and mini_batch_size must be positive")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        if kl_clamp is not None and kl_clamp <= 0:
+            raise ValueError(f"kl_clamp must be positive (or null for no clamp), got {kl_clamp}")
+        if eval_repetition_penalty is not None and eval_repetition_penalty <= 0:
+            raise ValueError(f"eval_repetition_penalty must be positive, got {eval_repetition_penalty}")
+        AnswerSegmenter(None, mask_selection)  # fails at start on an unknown mask_selection
         check_model_path(model_path)
         if sam_checkpoint is not None:
             from pathlib import Path
@@ -161,6 +190,8 @@ class GRPOModule(L.LightningModule):
         self.processor = None
         self.prompt_builder: PromptBuilder | None = None
         self.segmenter = None
+        self.answer_segmenter: AnswerSegmenter | None = None  # the one answer -> mask path (sam/segment.py)
+        self.eval_decoding: dict[str, float | str] = {}
         # The reference is kept out of state_dict and out of DDP's wrapping on purpose.
         self._frozen: dict[str, ReferenceModel | AdapterDisabledReference] = {}
         self.evaluator = Evaluator([r.name for r in self.rewards], tuple(eval_groups), eval_multi_object)
@@ -189,6 +220,23 @@ class GRPOModule(L.LightningModule):
         )
         vocab = self.policy.get_output_embeddings().weight.shape[0]
         self.eos_ids, self.banned_ids = special_token_ids(self.processor.tokenizer, vocab)
+        self.eval_decoding = self._eval_decoding()
+
+    def _eval_decoding(self) -> dict[str, float | str]:
+        """Greedy evaluation's settings: the checkpoint's generation_config unless overridden (printed)."""
+        hp = self.hparams
+        if hp.eval_repetition_penalty is not None:
+            penalty, source = float(hp.eval_repetition_penalty), "model.eval_repetition_penalty"
+        else:
+            defaults = generation_defaults(hp.model_path)
+            penalty = defaults.get("repetition_penalty", 1.0)
+            source = "generation_config.json" if defaults else "default"
+        return {
+            "decoding": "greedy",
+            "max_new_tokens": hp.eval_max_new_tokens or hp.max_new_tokens,
+            "repetition_penalty": penalty,
+            "repetition_penalty_source": source,
+        }
 
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer)
@@ -205,7 +253,9 @@ class GRPOModule(L.LightningModule):
                 dtype=hp.dtype,
                 cache_size=hp.sam_cache_size,
             )
-        context = RewardContext(segmenter=self.segmenter, device=self.device)
+        if self.segmenter is not None and self.answer_segmenter is None:
+            self.answer_segmenter = AnswerSegmenter(self.segmenter, hp.mask_selection)
+        context = RewardContext(segmenter=self.segmenter, device=self.device, segment=self.answer_segmenter)
         for reward in self.rewards:
             reward.setup(context)
         if stage == "fit" and hp.kl_coef > 0 and "reference" not in self._frozen:
@@ -280,7 +330,13 @@ class GRPOModule(L.LightningModule):
         return self.prompt_builder(samples).to(self.device)
 
     def rollout(
-        self, batch: PromptBatch, group_size: int, temperature: float, max_new_tokens: int, features=None
+        self,
+        batch: PromptBatch,
+        group_size: int,
+        temperature: float,
+        max_new_tokens: int,
+        features=None,
+        repetition_penalty: float = 1.0,
     ) -> Rollouts:
         return generate_rollouts(
             self.policy,
@@ -295,6 +351,7 @@ class GRPOModule(L.LightningModule):
             top_p=self.hparams.top_p,
             generator=self.generator,
             features=features,
+            repetition_penalty=repetition_penalty,
         )
 
     def training_step(self, batch: list[SegSample], batch_idx: int) -> None:
@@ -406,16 +463,23 @@ class GRPOModule(L.LightningModule):
     # ---------------------------------------------------------------- evaluation
     def _greedy(self, batch: list[SegSample]) -> tuple[PromptBatch, Rollouts]:
         prompts = self.prompts(batch)
-        max_new = self.hparams.eval_max_new_tokens or self.hparams.max_new_tokens
+        decoding = self.eval_decoding
         # Greedy decoding: one completion per prompt (group_size 1, temperature 0).
-        return prompts, self.rollout(prompts, group_size=1, temperature=0.0, max_new_tokens=max_new)
+        rollouts = self.rollout(
+            prompts,
+            group_size=1,
+            temperature=0.0,
+            max_new_tokens=int(decoding["max_new_tokens"]),
+            repetition_penalty=float(decoding["repetition_penalty"]),
+        )
+        return prompts, rollouts
 
     def validation_step(self, batch: list[SegSample], batch_idx: int) -> None:
         self.evaluator.count_unreadable(batch)  # data.on_error: skip left them out of the batch
         if not batch:
             return
         prompts, rollouts = self._greedy(batch)
-        self.evaluator.update(rollouts.texts, prompts.samples, self.segmenter, self.rewards)
+        self.evaluator.update(rollouts.texts, prompts.samples, self.answer_segmenter, self.rewards)
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")
@@ -425,7 +489,7 @@ class GRPOModule(L.LightningModule):
         if not batch:
             return
         prompts, rollouts = self._greedy(batch)
-        self.evaluator.update(rollouts.texts, prompts.samples, self.segmenter, self.rewards)
+        self.evaluator.update(rollouts.texts, prompts.samples, self.answer_segmenter, self.rewards)
 
     def on_test_epoch_end(self) -> None:
         records = self.evaluator.gather_records()
@@ -434,20 +498,31 @@ class GRPOModule(L.LightningModule):
             if self.hparams.predictions_path:
                 path = self.evaluator.write_predictions(self.hparams.predictions_path, records)
                 metrics_path = path.with_suffix(".metrics.json")
-                metrics_path.write_text(json.dumps({"samples": len(records), **results}, indent=2))
+                report = {"samples": len(records), **results, "settings": self.eval_settings()}
+                metrics_path.write_text(json.dumps(report, indent=2))
                 print(
                     f"wrote {len(records)} per-sample predictions to {path} and the metrics to {metrics_path}"
                 )
-            print(summary_table(results, len(records)))
+            print(summary_table(results, len(records), self.eval_settings()))
 
     def predict_step(self, batch: list[SegSample], batch_idx: int) -> list[SampleResult]:
         if not batch:  # every image of the batch was unreadable (data.on_error: skip; logged by the data)
             return []
         prompts, rollouts = self._greedy(batch)
-        return [
-            evaluate_sample(text, sample, self.segmenter, self.hparams.eval_multi_object)
-            for text, sample in zip(rollouts.texts, prompts.samples)
-        ]
+        return evaluate_samples(
+            rollouts.texts, prompts.samples, self.answer_segmenter, self.hparams.eval_multi_object
+        )
+
+    def eval_settings(self) -> dict[str, float | str | bool]:
+        """How the evaluated numbers were produced: decoding, prompt, mask selection (printed and saved)."""
+        hp = self.hparams
+        prompt = hp.prompt_template if len(hp.prompt_template) <= 40 else "literal template"
+        return {
+            **self.eval_decoding,
+            "prompt": prompt,
+            "mask_selection": hp.mask_selection,
+            "multi_object": hp.eval_multi_object,
+        }
 
     def _log_eval(self, prefix: str) -> dict[str, float]:
         results = self.evaluator.compute()  # already exact across processes

@@ -41,6 +41,13 @@ class Rollouts:
         )
 
 
+def penalise_repetitions(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Hugging Face's repetition penalty (CTRL): every token already in the sequence (prompt included) has its
+    logit divided by `penalty` when positive and multiplied by it when negative. `seen`: bool [N, V]."""
+    penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalised, logits)
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator=None) -> torch.Tensor:
     """One token per row: greedy when temperature == 0, else nucleus sampling at `temperature`."""
     if temperature <= 0:
@@ -70,13 +77,18 @@ def generate_rollouts(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     features: list[torch.Tensor] | None = None,
+    repetition_penalty: float = 1.0,
 ) -> Rollouts:
     """Prefill each prompt once, copy its cache to its `group_size` continuations, and decode them together.
 
     `banned_token_ids` (vision special tokens, ids past the tokenizer) can never be sampled. Decoding stops
     when every sequence has produced an EOS or after `max_new_tokens`. `features` reuses precomputed
     `image_features` (a frozen vision tower: encode each image once per step for every pass).
+    `repetition_penalty` != 1 applies Hugging Face's penalty to every token of the prompt (its real tokens,
+    not the left padding) and of the completion so far, as `generate` does for an unpadded prompt.
     """
+    if repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be positive, got {repetition_penalty}")
     _, _, lm_head = model_parts(model)
     device = batch.input_ids.device
     state = prefill(model, batch, features=features)
@@ -88,13 +100,20 @@ def generate_rollouts(
     finished = torch.zeros(n, dtype=torch.bool, device=device)
     tokens: list[torch.Tensor] = []
     hidden = state.last_hidden
+    seen = None
     for step in range(max_new_tokens):
         logits = lm_head(hidden).float()
+        if repetition_penalty != 1.0:
+            if seen is None:
+                seen = _prompt_tokens(batch, logits.shape[-1])[rows]
+            logits = penalise_repetitions(logits, seen, repetition_penalty)
         if banned.numel():
             logits[:, banned] = float("-inf")
         nxt = sample_next(logits, temperature, top_p, generator)
         nxt = torch.where(finished, torch.full_like(nxt, pad_token_id), nxt)
         tokens.append(nxt)
+        if seen is not None:
+            seen[torch.arange(n, device=device), nxt] = True
         finished |= torch.isin(nxt, eos)
         if bool(finished.all()) or step == max_new_tokens - 1:
             break
@@ -109,3 +128,11 @@ def generate_rollouts(
         ids.masked_fill(after_eos | is_eos, pad_token_id), skip_special_tokens=True
     )
     return Rollouts(ids, mask, texts, rows, truncated, group_size)
+
+
+def _prompt_tokens(batch: PromptBatch, vocab: int) -> torch.Tensor:
+    """bool [B, V]: which token ids each prompt holds (attention-masked: left padding is not a token)."""
+    ids = batch.input_ids.masked_fill(batch.attention_mask == 0, -1)
+    seen = torch.zeros(ids.shape[0], vocab + 1, dtype=torch.bool, device=ids.device)
+    seen.scatter_(1, torch.where(ids < 0, vocab, ids).clamp(max=vocab), True)
+    return seen[:, :vocab]

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from samr1.modules.grpo import aggregate, aggregation_units, policy_loss
 from samr1.modules.logprobs import completion_logprobs
@@ -91,23 +90,22 @@ def micro_batch_loss(module, batch: UpdateBatch, micro: torch.Tensor):
     )
     old = batch.old_logprobs[micro, :length] if batch.old_logprobs is not None else logp.detach()
     ref = batch.ref_logprobs[micro, :length] if batch.ref_logprobs is not None else None
-    # "fixed" aggregation divides by N * T of the rollout batch, so pad back to its length.
-    pad = (0, rollouts.completion_ids.shape[1] - length)
-    logp, old, mask_p = (F.pad(x, pad) for x in (logp, old, mask_t))
-    ref = F.pad(ref, pad) if ref is not None else None
+    # "fixed" (Dr. GRPO) divides by N x max_new_tokens, a constant: no padding to the rollout's length needed.
     loss, metrics = policy_loss(
         logp,
         old,
         batch.advantages[micro],
-        mask_p,
+        mask_t,
         ref_logprobs=ref,
         clip_low=hp.clip_low,
         clip_high=hp.clip_high,
         kl_coef=hp.kl_coef,
         aggregation=hp.aggregation,
+        max_length=hp.max_new_tokens,
+        kl_clamp=hp.kl_clamp,
     )
     if hp.entropy_coef:
-        loss = loss - hp.entropy_coef * aggregate(F.pad(entropy, pad), mask_p, hp.aggregation)
+        loss = loss - hp.entropy_coef * aggregate(entropy, mask_t, hp.aggregation, hp.max_new_tokens)
     values = {k: v.item() for k, v in metrics.items()}
     values["entropy"] = aggregate(entropy.detach(), mask_t, "token").item()
     values["loss"] = loss.item()

@@ -28,6 +28,10 @@ class RewardContext:
 
     segmenter: Any | None = None  # samr1.sam.SamPromptSegmenter-like: predict(image, boxes, points, ...)
     device: torch.device | str = "cpu"
+    # The one answer -> SAM prompt -> mask path with the run's mask selection (samr1.sam.segment.AnswerSegmenter:
+    # `segment(samples, answers, prompt, multi_object) -> (masks, scores)`), shared with evaluation. GRPOModule
+    # sets it whenever there is a segmenter; rewards that make masks use it instead of calling SAM themselves.
+    segment: Any | None = None
 
 
 class Reward(ABC):
@@ -57,7 +61,8 @@ class Reward(ABC):
                 f"{self.name}: {len(completions)} completions but {len(samples)} samples; pass the sample of each"
             )
         self.details = {}
-        scores = torch.as_tensor(self.score(completions, samples), dtype=torch.float32).reshape(-1)
+        # float64: a continuous reward keeps its value exactly (the mean of a continuous mask reward is gIoU).
+        scores = torch.as_tensor(self.score(completions, samples), dtype=torch.float64).reshape(-1)
         if scores.numel() != len(completions):
             raise RuntimeError(
                 f"{self.name} returned {scores.numel()} scores for {len(completions)} completions"

@@ -130,3 +130,32 @@ def _segment_image(segmenter, samples, answers, rule, indices, masks, scores) ->
             masks[i] = out_masks[k].copy() if masks[i] is None else masks[i] | out_masks[k]
             if j == 0:
                 scores[i] = out_scores[k]
+
+
+class AnswerSegmenter:
+    """`segment_answers` bound to one segmenter and the run's mask selection (`model.mask_selection`).
+
+    GRPOModule builds one and hands it to the mask rewards (`RewardContext.segment`), to evaluation and to the
+    prediction writer, so a reward's mask and an evaluation's mask for the same answer are the same mask.
+    """
+
+    def __init__(self, segmenter: Any, selection: MaskSelection = "best") -> None:
+        SegmentRule(selection=selection)  # validates
+        self.segmenter = segmenter
+        self.selection = selection
+
+    def rule(self, prompt: PromptParts = "box+points", multi_object: bool = False) -> SegmentRule:
+        return SegmentRule(selection=self.selection, prompt=prompt, multi_object=multi_object)
+
+    def __call__(
+        self,
+        samples: list[SegSample],
+        answers: list[Any],
+        prompt: PromptParts = "box+points",
+        multi_object: bool = False,
+    ) -> tuple[list[np.ndarray | None], np.ndarray]:
+        """(masks, SAM scores) as `segment_answers` gives them, under this run's mask selection."""
+        return segment_answers(self.segmenter, samples, answers, self.rule(prompt, multi_object))
+
+    def __repr__(self) -> str:
+        return f"AnswerSegmenter({type(self.segmenter).__name__}, selection={self.selection!r})"

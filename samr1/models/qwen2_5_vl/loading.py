@@ -70,3 +70,17 @@ def special_token_ids(tokenizer, model_vocab_size: int) -> tuple[list[int], list
     banned = [vocab[t] for t in never if t in vocab]
     banned += list(range(len(tokenizer), model_vocab_size))
     return eos, banned
+
+
+def generation_defaults(model_path: str) -> dict[str, float]:
+    """What the checkpoint's `generation_config.json` asks greedy decoding for, as `generate(do_sample=False)`
+    applies it: {"repetition_penalty": ...} when the file sets one other than 1 (Qwen2.5-VL-Instruct: 1.05),
+    else {}. Sampling settings (temperature, top_p, top_k) do not apply to greedy decoding and are not read."""
+    from transformers import GenerationConfig
+
+    try:
+        config = GenerationConfig.from_pretrained(model_path)
+    except (OSError, ValueError):  # no generation_config.json: generate() would use the library defaults
+        return {}
+    penalty = getattr(config, "repetition_penalty", None)
+    return {} if penalty is None or float(penalty) == 1.0 else {"repetition_penalty": float(penalty)}

@@ -187,3 +187,34 @@ def test_reserved_cache_decodes_like_a_growing_one(setup):
             feed(model, reserved, tokens[:, t : t + 1]), feed(model, plain, tokens[:, t : t + 1])
         )
     assert reserved.cache.get_seq_length() == plain.cache.get_seq_length()
+
+
+def test_repetition_penalty_equals_hf_generate(setup):
+    """Greedy with a repetition penalty gives `generate(repetition_penalty=...)`'s tokens for each prompt."""
+    model, tokenizer, batch, eos, banned = setup
+    max_new, penalty = 16, 1.5
+    kwargs = dict(
+        group_size=1, max_new_tokens=max_new, eos_token_ids=eos, pad_token_id=tokenizer.pad_token_id,
+        banned_token_ids=banned, temperature=0.0,
+    )  # fmt: skip
+    r = generate_rollouts(model, batch, tokenizer, repetition_penalty=penalty, **kwargs)
+    plain = generate_rollouts(model, batch, tokenizer, **kwargs)
+    assert r.completion_ids.tolist() != plain.completion_ids.tolist()  # the penalty changes the answer
+    for p in range(len(batch)):
+        prompt = batch.input_ids[p][batch.attention_mask[p].bool()].unsqueeze(0)  # HF sees no padding
+        hf = model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            mm_token_type_ids=(prompt == model.config.image_token_id).int(),
+            **_image_inputs(batch, p),
+            do_sample=False,
+            max_new_tokens=max_new,
+            min_new_tokens=0,
+            repetition_penalty=penalty,
+            suppress_tokens=banned,
+            eos_token_id=eos,
+            pad_token_id=tokenizer.pad_token_id,
+        )[0, prompt.shape[1] :]
+        n = int(r.completion_mask[p].sum())
+        assert r.completion_ids[p, :n].tolist() == hf[:n].tolist()
+        assert n == len(hf) or hf[n - 1].item() in eos

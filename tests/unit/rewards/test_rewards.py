@@ -21,6 +21,7 @@ from samr1.rewards import (
     mask_iou,
     tiered,
 )
+from samr1.sam.segment import AnswerSegmenter
 from samr1.sample import CoordTransform, SegSample
 
 MALFORMED = [
@@ -259,6 +260,10 @@ def test_tiered_boundaries_are_strict():
     assert [tiered(x, tiers) for x in (1.0, 0.81, 0.8, 0.71, 0.7, 0.51, 0.5, 0.0)] == [4, 4, 3, 3, 2, 2, 0, 0]
 
 
+def _context(segmenter, selection="single") -> RewardContext:
+    return RewardContext(segmenter=segmenter, segment=AnswerSegmenter(segmenter, selection))
+
+
 def _mask_sample(id="a", transform=None):
     mask = np.zeros((20, 20), dtype=np.uint8)
     mask[0:10, 0:10] = 1  # 100 target pixels
@@ -269,7 +274,7 @@ def _mask_sample(id="a", transform=None):
 def test_mask_iou_reward_tiers_end_to_end():
     seg = BoxFillSegmenter()
     r = MaskIoUReward(prompt="box")
-    r.setup(RewardContext(segmenter=seg))
+    r.setup(_context(seg, "single"))
     s = _mask_sample()
     texts = [
         answer(bbox=[0, 0, 10, 10]),  # IoU 1
@@ -299,17 +304,17 @@ def test_mask_iou_reward_mappings_and_transform():
     ]  # original (0, 0, 10, 8): 0.8; then 1.0
     for mapping, expected in (("continuous", [0.8, 1.0]), ("threshold", [1.0, 1.0]), ("tiered", [3.0, 4.0])):
         r = MaskIoUReward(prompt="box", mapping=mapping, threshold=0.5)
-        r.setup(RewardContext(segmenter=BoxFillSegmenter()))
+        r.setup(_context(BoxFillSegmenter()))
         assert values(r, texts, [s, s]) == pytest.approx(expected)
     r = MaskIoUReward(prompt="box", mapping="threshold", threshold=0.8)
-    r.setup(RewardContext(segmenter=BoxFillSegmenter()))
+    r.setup(_context(BoxFillSegmenter()))
     assert values(r, texts, [s, s]) == [0.0, 1.0]
 
 
 def test_mask_iou_reward_groups_by_image_and_prompt_layout():
     seg = BoxFillSegmenter()
-    r = MaskIoUReward(prompt="box+points", multimask=True)
-    r.setup(RewardContext(segmenter=seg))
+    r = MaskIoUReward(prompt="box+points", multimask=True)  # the old switch, agreeing with the run's rule
+    r.setup(_context(seg, "best"))
     a, b = _mask_sample("a"), _mask_sample("b")
     texts = [
         answer(bbox=[0, 0, 10, 10], points_1=[1, 1], points_2=[2, 2]),
@@ -329,15 +334,19 @@ def test_mask_iou_reward_groups_by_image_and_prompt_layout():
 
 def test_mask_iou_reward_with_predict_only_segmenter_and_missing_mask():
     r = MaskIoUReward(prompt="box")
-    r.setup(RewardContext(segmenter=PredictOnlySegmenter()))
+    r.setup(_context(PredictOnlySegmenter()))
     texts = [answer(bbox=[0, 0, 10, 10]), answer(bbox=[0, 0, 10, 10])]
     assert values(r, texts, [_mask_sample(), sample(mask=None)]) == [4.0, 0.0]
 
 
-def test_mask_iou_reward_needs_a_segmenter():
+def test_mask_iou_reward_needs_a_segmenter_and_one_mask_selection():
     r = MaskIoUReward()
     with pytest.raises(ValueError, match="MaskIoUReward needs SAM"):
         r.setup(RewardContext(segmenter=None))
+    with pytest.raises(ValueError, match="RewardContext.segment is not set"):
+        r.setup(RewardContext(segmenter=BoxFillSegmenter()))
+    with pytest.raises(ValueError, match="multimask=False disagrees with model.mask_selection='best'"):
+        MaskIoUReward(multimask=False).setup(_context(BoxFillSegmenter(), "best"))
     with pytest.raises(ValueError):
         MaskIoUReward(prompt="mask")
 
@@ -361,10 +370,10 @@ def test_mask_iou_reward_unites_objects_of_a_list_answer_when_asked():
     s = _mask_sample()  # target: the 10 x 10 square at the top left, ignore region as in the tiers test
     two = '<think>x</think><answer>[{"bbox": [0, 0, 10, 5]}, {"bbox": [0, 5, 10, 10]}]</answer>'
     single = MaskIoUReward(prompt="box", mapping="continuous")
-    single.setup(RewardContext(segmenter=BoxFillSegmenter()))
+    single.setup(_context(BoxFillSegmenter(), "single"))
     united = MaskIoUReward(prompt="box", mapping="continuous", multi_object=True)
     seg = BoxFillSegmenter()
-    united.setup(RewardContext(segmenter=seg))
+    united.setup(_context(seg, "single"))
     assert values(single, [two], [s]) == pytest.approx([0.5])  # the first object only
     assert values(united, [two], [s]) == pytest.approx([1.0])  # both halves together
     assert len(seg.embeds) == 1 and seg.decodes == [(2, True, 0, False)]  # both objects in one batch

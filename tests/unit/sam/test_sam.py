@@ -13,6 +13,7 @@ from segment_anything import SamPredictor
 
 from samr1.rewards import MaskIoUReward, RewardContext, mask_iou, tiered
 from samr1.sam import SamPromptSegmenter, build_sam, build_sam_module
+from samr1.sam.segment import AnswerSegmenter
 from samr1.sample import CoordTransform, SegSample
 
 K = 10
@@ -171,8 +172,8 @@ def test_mask_reward_on_real_sam_matches_naive_per_completion_scoring(random_sam
     completions[-1] = "<answer>not json</answer>"
     seg = SamPromptSegmenter(random_sam)
     calls = _encoder_calls(seg.sam.image_encoder)
-    reward = MaskIoUReward(prompt="box+points", multimask=True)
-    reward.setup(RewardContext(segmenter=seg))
+    reward = MaskIoUReward(prompt="box+points")
+    reward.setup(RewardContext(segmenter=seg, segment=AnswerSegmenter(seg, "best")))
     values = reward(completions, samples)
     assert len(calls) == 2  # two images, 2 x 4 completions
 
@@ -236,7 +237,7 @@ def test_sam2_backend_matches_transformers_pipeline(tiny_sam2, image, prompts, m
 def test_sam2_backend_serves_the_mask_reward(tiny_sam2, image):
     seg = build_sam(backend="sam2", checkpoint=str(tiny_sam2), cache_size=8)
     reward = MaskIoUReward(prompt="box", mapping="continuous")
-    reward.setup(RewardContext(segmenter=seg))
+    reward.setup(RewardContext(segmenter=seg, segment=AnswerSegmenter(seg)))
     samples = _group(image, 3, "a")
     completions = ['<answer>{"bbox": [84, 40, 308, 140]}</answer>'] * 3
     first = reward(completions, samples)
