@@ -35,6 +35,21 @@ class CoordTransform:
         """Model input pixels -> original pixels; `xy` is [..., 2] points or [..., 4] boxes."""
         return np.asarray(xy, dtype=np.float64) * self._factors(np.shape(xy), inverse=True)
 
+    def model_to_reference(self, xy: np.ndarray | list | tuple, size: tuple[int, int]) -> np.ndarray:
+        """Model input pixels -> the reference space where the original image is stretched to `size`
+        (Seg-Zero's 840 x 840, where its 10 px and 100 px thresholds are defined). When the model already
+        sees `size`, the answer is returned as written (no round trip through original pixels)."""
+        if tuple(self.model_size) == tuple(size):
+            return np.asarray(xy, dtype=np.float64)
+        return self.original_to_reference(self.to_original(xy), size)
+
+    def original_to_reference(self, xy: np.ndarray | list | tuple, size: tuple[int, int]) -> np.ndarray:
+        """Original pixels -> the reference space of `size` (see `model_to_reference`)."""
+        if tuple(self.model_size) == tuple(size):
+            return self.to_model(xy)
+        reference = CoordTransform(self.original_size, (int(size[0]), int(size[1])))
+        return reference.to_model(xy)
+
     def _factors(self, shape: tuple[int, ...], inverse: bool) -> np.ndarray:
         sx, sy = self.scale
         if inverse:
@@ -91,6 +106,19 @@ class SegSample:
         """Original pixels -> the model's input space (identity without a transform)."""
         xy = np.asarray(xy, dtype=np.float64)
         return xy if self.transform is None else self.transform.to_model(xy)
+
+    def model_to_reference(self, xy: np.ndarray | list | tuple, size: tuple[int, int] | None) -> np.ndarray:
+        """Model-space coordinates -> the `size` reference space (None, or no transform: unchanged)."""
+        xy = np.asarray(xy, dtype=np.float64)
+        return xy if size is None or self.transform is None else self.transform.model_to_reference(xy, size)
+
+    def original_to_reference(
+        self, xy: np.ndarray | list | tuple, size: tuple[int, int] | None
+    ) -> np.ndarray:
+        """Original pixels -> the `size` reference space (None: the model's input space, as `to_model`)."""
+        if size is None or self.transform is None:
+            return self.to_model(xy)
+        return self.transform.original_to_reference(np.asarray(xy, dtype=np.float64), size)
 
     @property
     def target(self) -> np.ndarray | None:

@@ -122,3 +122,23 @@ def test_samr1_test_mean_continuous_mask_reward_is_its_giou(tmp_path, warm_check
     assert metrics["settings"]["mask_selection"] == selection
     rows = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
     assert sum(row["iou"] for row in rows) / 8 == pytest.approx(metrics["giou"], abs=1e-12)
+
+
+def test_evaluation_unites_a_visionreasoner_list_and_counts_answers_without_prompts(sam, sample):
+    from samr1.geometry import mask_iou
+    from samr1.modules.evaluation import Evaluator
+    from samr1.sam.segment import AnswerSegmenter
+
+    texts = [LIST, '<think>x</think><answer>{"label": "cup"}</answer>', "no answer at all", ANSWER]
+    evaluator = Evaluator([], groups=(), multi_object=True)
+    records = evaluator.update(texts, [sample] * 4, AnswerSegmenter(SamPromptSegmenter(sam)))
+    first, _ = _reference(sam, sample, [40, 30, 120, 100], [[80, 60]], True)
+    second, _ = _reference(sam, sample, [150, 100, 260, 180], [[200, 140]], True)
+    np.testing.assert_array_equal(records[0].mask, first | second)
+    assert records[0].box == pytest.approx([40 * 143 / 280, 30 * 97 / 196, 120 * 143 / 280, 100 * 97 / 196])
+    assert [r.failure for r in records] == [None, "no box or points", "unparseable", None]
+    results = evaluator.compute()
+    assert results["parse_failure_rate"] == 0.5  # parses but gives SAM nothing: a failure too
+    ious = [mask_iou(r.mask, sample.mask) for r in records]
+    assert ious[1] == ious[2] == 0.0
+    assert results["giou"] == pytest.approx(sum(ious) / 4, abs=1e-12)

@@ -73,5 +73,14 @@ class Reward(ABC):
         return f"{type(self).__name__}(name={self.name!r}, weight={self.weight})"
 
 
+def reference_size_of(size: tuple[int, int] | None) -> tuple[int, int] | None:
+    """A validated (width, height) reference space for pixel thresholds (Seg-Zero: 840 x 840), or None."""
+    if size is None:
+        return None
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"reference_size must be (width, height) in pixels, got {size}")
+    return (int(size[0]), int(size[1]))
+
+
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() or "reward"

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from samr1.geometry import box_iou, box_l1
-from samr1.rewards.base import Reward
+from samr1.rewards.base import Reward, reference_size_of
 from samr1.rewards.parsing import parse_answer
 from samr1.sample import SegSample
 
@@ -59,11 +59,13 @@ class BoxIoUReward(Reward):
 
 
 class BoxL1Reward(Reward):
-    """Mean absolute error between the answer's box and the GT box, both in the model's input space.
+    """Mean absolute error between the answer's box and the GT box, measured in the `reference_size` space.
 
     `threshold` mapping: 1 if the error < `threshold` px else 0 (Seg-Zero: 10 px at 840 x 840).
     `continuous`: max(0, 1 - error / `scale`). An answer without a usable box, or a sample without a GT box,
-    scores 0.
+    scores 0. `reference_size`: the (width, height) the pixel thresholds are defined in, the original image
+    stretched to it (Seg-Zero's 840 x 840), whatever size the model sees (smart resize included); with a fixed
+    840 x 840 model input it is the model's own space. None: the model's input space.
     """
 
     def __init__(
@@ -73,8 +75,10 @@ class BoxL1Reward(Reward):
         mapping: Literal["threshold", "continuous"] = "threshold",
         threshold: float = 10.0,
         scale: float = 100.0,
+        reference_size: tuple[int, int] | None = (840, 840),
     ):
         super().__init__(weight=weight, name=name or "box_l1")
+        self.reference_size = reference_size_of(reference_size)
         if mapping not in ("threshold", "continuous"):
             raise ValueError(f"mapping must be 'threshold' or 'continuous', got {mapping!r}")
         if scale <= 0:
@@ -92,7 +96,10 @@ class BoxL1Reward(Reward):
                 errors.append(float("nan"))  # no error to report; dashboards use nanmean
                 out.append(0.0)
                 continue
-            err = box_l1(answer.box, sample.to_model(sample.box))
+            size = self.reference_size
+            err = box_l1(
+                sample.model_to_reference(answer.box, size), sample.original_to_reference(sample.box, size)
+            )
             errors.append(err)
             if self.mapping == "continuous":
                 out.append(max(0.0, 1.0 - err / self.scale))

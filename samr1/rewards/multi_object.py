@@ -5,7 +5,8 @@ For benchmarks whose target is several objects (SocioSeg: every school of a tile
 answer by matching predicted to GT boxes one-to-one (Hungarian algorithm) and normalising by the larger count,
 so that both missing and surplus objects cost reward.
 
-The score, precisely (all boxes in the model's input space, GT mapped there with `sample.transform`):
+The score, precisely (all boxes in the `reference_size` space: the original image stretched to 840 x 840 by
+default, where Seg-Zero's 10 px threshold is defined, whatever size the model sees; None: the model's space):
 
 - For a predicted box p and a GT box g: `hit_iou = IoU(p, g) > iou_threshold` (0.5) and
   `hit_l1 = mean(|p - g|) < l1_threshold` (10 px, Seg-Zero's BoxL1 threshold at 840 x 840).
@@ -18,8 +19,8 @@ The score, precisely (all boxes in the model's input space, GT mapped there with
   answer scores 0.
 
 IoU uses continuous areas (`box_iou`'s convention, pixel-edge boxes); SocioReasoner adds 1 to widths and
-heights (inclusive pixel boxes), which differs only for boxes a few pixels wide. IoU is the same in original
-and model pixels (both areas scale by the same factor), so everything is computed in model pixels.
+heights (inclusive pixel boxes), which differs only for boxes a few pixels wide. IoU is the same in original,
+model and reference pixels (both areas scale by the same factor), so everything is computed in one space.
 
 GT boxes come from `sample.meta["gt_boxes"]` (original pixels, `[x1, y1, x2, y2]` each; SocioSeg fills it with
 `component_boxes` of the mask); without that key, from the connected components of `sample.mask`, else
@@ -36,7 +37,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from samr1.geometry import BoxLike, box_iou_matrix, box_l1_matrix, component_boxes
-from samr1.rewards.base import Reward
+from samr1.rewards.base import Reward, reference_size_of
 from samr1.rewards.parsing import parse_answer
 from samr1.sample import SegSample
 
@@ -121,8 +122,10 @@ class MultiObjectMatchReward(Reward):
         iou_threshold: float = 0.5,
         l1_threshold: float = 10.0,
         criterion: Criterion = "sum",
+        reference_size: tuple[int, int] | None = (840, 840),
     ) -> None:
         super().__init__(weight=weight, name=name or "multi_object_match")
+        self.reference_size = reference_size_of(reference_size)
         if criterion not in ("sum", "both"):
             raise ValueError(f"criterion must be 'sum' or 'both', got {criterion!r}")
         self.iou_threshold = float(iou_threshold)
@@ -141,9 +144,14 @@ class MultiObjectMatchReward(Reward):
                 matched.append(0.0)
                 num_pred.append(float("nan") if answer is None else float(len(answer.objects)))
                 continue
-            pred = [obj.box for obj in answer.objects]
-            gt_model = [tuple(box) for box in sample.to_model(gt).reshape(-1, 4).tolist()] if gt else []
-            value, hits = match_reward(pred, gt_model, self.iou_threshold, self.l1_threshold, self.criterion)
+            size = self.reference_size
+            pred = [
+                None if obj.box is None else tuple(sample.model_to_reference(obj.box, size).tolist())
+                for obj in answer.objects
+            ]
+            gt_ref = sample.original_to_reference(np.asarray(gt).reshape(-1, 4), size) if gt else []
+            gt_ref = [tuple(box) for box in np.asarray(gt_ref).reshape(-1, 4).tolist()]
+            value, hits = match_reward(pred, gt_ref, self.iou_threshold, self.l1_threshold, self.criterion)
             scores.append(value)
             matched.append(float(hits))
             num_pred.append(float(len(pred)))

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from samr1.rewards.base import Reward
+from samr1.rewards.base import Reward, reference_size_of
 from samr1.rewards.parsing import parse_answer
 from samr1.sample import SegSample
 
@@ -50,9 +50,10 @@ class PointReward(Reward):
 
     `accuracy`: fraction of predicted points, mapped to original pixels, that fall on target pixels of
     `sample.mask` (0 without points; 0 for a sample without a mask).
-    `segzero` (Seg-Zero's rule, in the model's input space): 1 if every predicted point lies inside the
-    predicted box and the mean distance to the GT points (`sample.points` mapped with `to_model`) under the
-    better assignment is < `distance_threshold` px, else 0. Needs as many predicted points as GT points (two in
+    `segzero` (Seg-Zero's rule): 1 if every predicted point lies inside the predicted box (as written) and the
+    mean distance to the GT points under the better assignment is < `distance_threshold` px, measured in the
+    `reference_size` space (the original image stretched to it: Seg-Zero's 840 x 840, whatever size the model
+    sees; None: the model's input space), else 0. Needs as many predicted points as GT points (two in
     Seg-Zero) and a predicted box; a sample without GT points scores 0.
     """
 
@@ -62,8 +63,10 @@ class PointReward(Reward):
         name: str | None = None,
         mode: Literal["accuracy", "segzero"] = "accuracy",
         distance_threshold: float = 100.0,
+        reference_size: tuple[int, int] | None = (840, 840),
     ):
         super().__init__(weight=weight, name=name or "point")
+        self.reference_size = reference_size_of(reference_size)
         if mode not in ("accuracy", "segzero"):
             raise ValueError(f"mode must be 'accuracy' or 'segzero', got {mode!r}")
         self.mode = mode
@@ -85,5 +88,8 @@ class PointReward(Reward):
             return 0.0
         if len(answer.points) != len(sample.points) or not points_in_box(answer.points, answer.box):
             return 0.0
-        distance = matched_mean_distance(np.asarray(answer.points), sample.to_model(sample.points))
+        size = self.reference_size
+        distance = matched_mean_distance(
+            sample.model_to_reference(answer.points, size), sample.original_to_reference(sample.points, size)
+        )
         return float(distance < self.distance_threshold)

@@ -472,13 +472,14 @@ def test_reward_compares_in_model_pixels_and_falls_back_to_mask_components():
 
 # ---------------------------------------------------------------------------------------------- evaluation
 class BoxSegmenter:
-    """A stand-in for SAM: the mask of the prompted box."""
+    """A stand-in for SAM: for each of the K prompted boxes, the mask of that box."""
 
     def predict(self, image, boxes=None, points=None, point_labels=None, multimask=True):
-        mask = np.zeros((1, *image.shape[:2]), dtype=bool)
-        x1, y1, x2, y2 = (int(round(v)) for v in boxes[0])
-        mask[0, y1:y2, x1:x2] = True
-        return mask, np.ones(1)
+        masks = np.zeros((len(boxes), *image.shape[:2]), dtype=bool)
+        for k, box in enumerate(boxes):
+            x1, y1, x2, y2 = (int(round(v)) for v in box)
+            masks[k, y1:y2, x1:x2] = True
+        return masks, np.ones(len(boxes))
 
 
 def test_list_answer_is_segmented_as_the_union_of_its_objects(tmp_path):

@@ -377,3 +377,31 @@ def test_mask_iou_reward_unites_objects_of_a_list_answer_when_asked():
     assert values(single, [two], [s]) == pytest.approx([0.5])  # the first object only
     assert values(united, [two], [s]) == pytest.approx([1.0])  # both halves together
     assert len(seg.embeds) == 1 and seg.decodes == [(2, True, 0, False)]  # both objects in one batch
+
+
+# --- thresholds defined at 840 x 840 are measured there in every resize mode ---------------------------------
+def test_pixel_thresholds_are_measured_in_840_space_under_smart_resize():
+    # Original 1000 x 500 seen at 500 x 250 (smart resize): 840-space px per model px are 1.68 (x), 3.36 (y).
+    t = CoordTransform(original_size=(1000, 500), model_size=(500, 250))
+    s = sample(box=(100, 100, 400, 400), points=[(200, 200), (250, 250)], transform=t, size=(1000, 500))
+    shifted = answer(bbox=[54, 54, 204, 204], points_1=[100, 130], points_2=[125, 155])  # GT/2 + 4 / + 30
+    l1 = BoxL1Reward()
+    assert values(l1, [shifted], [s]) == [0.0]
+    assert l1.details["l1"].item() == pytest.approx((2 * 4 * 1.68 + 2 * 4 * 3.36) / 4)  # 10.08 px at 840
+    model_space = BoxL1Reward(reference_size=None)
+    assert values(model_space, [shifted], [s]) == [1.0] and model_space.details["l1"].item() == 4.0
+    # Points: 30 model px down = 100.8 px at 840 (>= 100: a miss), 30 px in the model's space (a hit).
+    assert values(PointReward(mode="segzero"), [shifted], [s]) == [0.0]
+    assert values(PointReward(mode="segzero", reference_size=None), [shifted], [s]) == [1.0]
+
+
+def test_at_840_the_model_space_is_the_reference_space_as_written():
+    t = CoordTransform(original_size=(640, 427), model_size=(840, 840))
+    s = sample(box=(64, 42.7, 320, 213.5), transform=t, size=(640, 427))
+    gt = t.to_model(s.box)  # (84, 84, 420, 420) up to float rounding
+    text = answer(bbox=[float(v) + 9.99 for v in gt])
+    r = BoxL1Reward()
+    assert values(r, [text], [s]) == [1.0]
+    assert r.details["l1"].item() == pytest.approx(9.99, abs=1e-5)
+    with pytest.raises(ValueError, match="reference_size"):
+        BoxL1Reward(reference_size=(840, 0))
