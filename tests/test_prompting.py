@@ -90,3 +90,24 @@ def test_prompt_builder_sends_the_rendered_text(tiny_checkpoints):
     assert batch.texts[0].endswith(
         f"{render_prompt('segzero', 'x')[-60:]}<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+def test_bilinear_resampling_as_seg_zero_evaluates(tiny_checkpoints):
+    from PIL import Image
+
+    processor = load_processor(tiny_checkpoints["policy"])
+    image = make_shapes_sample(0, "test", 0, 100, 2, 3).load_image()
+    bilinear = PromptBuilder(processor, template="segzero", image_size=(56, 56), resample="bilinear")
+    bicubic = PromptBuilder(processor, template="segzero", image_size=(56, 56))
+    assert bilinear._resize(image).tobytes() == image.resize((56, 56), Image.Resampling.BILINEAR).tobytes()
+    assert bicubic._resize(image).tobytes() == image.resize((56, 56), Image.Resampling.BICUBIC).tobytes()
+    assert bilinear._resize(image).tobytes() != bicubic._resize(image).tobytes()
+    with pytest.raises(ValueError, match="resampling"):
+        PromptBuilder(processor, resample="nearest")
+
+
+def test_the_module_refuses_an_unusable_prompt_at_start(tiny_checkpoints):
+    from samr1.modules.module import GRPOModule
+
+    with pytest.raises(ValueError, match="neither a preset"):
+        GRPOModule(model_path=tiny_checkpoints["policy"], prompt_template="seg-zero")

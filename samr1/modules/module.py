@@ -27,7 +27,7 @@ from samr1.models.qwen2_5_vl.sharding import check_strategy, shard_policy
 from samr1.modules.evaluation import Evaluator, SampleResult, evaluate_samples, summary_table
 from samr1.modules.grpo import AdvantageScale, LossAggregation, group_advantages
 from samr1.modules.logprobs import completion_logprobs
-from samr1.modules.prompting import PromptBatch, PromptBuilder
+from samr1.modules.prompting import PromptBatch, PromptBuilder, resolve_prompt
 from samr1.modules.reference import AdapterDisabledReference, ReferenceModel
 from samr1.modules.rollout import Rollouts, generate_rollouts
 from samr1.modules.schedule import lr_factor
@@ -53,6 +53,8 @@ class GRPOModule(L.LightningModule):
             whose `{query}` is replaced by the sample's query (literal braces doubled).
         image_size: (width, height) every image is resized to for the policy (multiples of 28); null: Qwen's
             smart resize within min_pixels / max_pixels. Answers map back to original pixels exactly.
+        image_resample: the filter images are resized with for the policy: bicubic, or bilinear (the
+            filter of Seg-Zero's and VisionReasoner's evaluation scripts).
         min_pixels: smart resize lower bound on width x height (image_size null only).
         max_pixels: smart resize upper bound on width x height (image_size null only).
         group_size: completions per prompt (G); at least 2.
@@ -114,6 +116,7 @@ class GRPOModule(L.LightningModule):
         rewards: list[Reward] | None = None,
         prompt_template: str = "samr1",
         image_size: tuple[int, int] | None = (840, 840),
+        image_resample: Literal["bicubic", "bilinear"] = "bicubic",
         min_pixels: int = 56 * 56,
         max_pixels: int = 28 * 28 * 1280,
         group_size: int = 8,
@@ -174,6 +177,7 @@ class GRPOModule(L.LightningModule):
         if eval_repetition_penalty is not None and eval_repetition_penalty <= 0:
             raise ValueError(f"eval_repetition_penalty must be positive, got {eval_repetition_penalty}")
         AnswerSegmenter(None, mask_selection)  # fails at start on an unknown mask_selection
+        resolve_prompt(prompt_template)  # ... and on a template that is neither a preset nor fillable
         check_model_path(model_path)
         if sam_checkpoint is not None:
             from pathlib import Path
@@ -216,7 +220,12 @@ class GRPOModule(L.LightningModule):
             shard_policy(self.policy, self.device_mesh, hp.dtype, hp.gradient_checkpointing)
         self.processor = load_processor(hp.model_path)
         self.prompt_builder = PromptBuilder(
-            self.processor, hp.prompt_template, hp.image_size, hp.min_pixels, hp.max_pixels
+            self.processor,
+            hp.prompt_template,
+            hp.image_size,
+            hp.min_pixels,
+            hp.max_pixels,
+            resample=hp.image_resample,
         )
         vocab = self.policy.get_output_embeddings().weight.shape[0]
         self.eos_ids, self.banned_ids = special_token_ids(self.processor.tokenizer, vocab)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from PIL import Image
@@ -97,6 +98,9 @@ def render_prompt(template_or_name: str, query: str) -> str:
     return resolve_prompt(template_or_name).render(query)
 
 
+# How images are resized for the policy: Seg-Zero's and VisionReasoner's evaluation scripts use bilinear.
+RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
 PATCH_FACTOR = 28  # Qwen2.5-VL: 14 px patches merged 2 x 2 -> one token per 28 x 28 pixels
 
 
@@ -166,7 +170,11 @@ class PromptBuilder:
         min_pixels: int = 56 * 56,
         max_pixels: int = 28 * 28 * 1280,
         system_prompt: str | None = None,
+        resample: Literal["bicubic", "bilinear"] = "bicubic",
     ) -> None:
+        if resample not in RESAMPLING:
+            raise ValueError(f"image resampling must be one of {tuple(RESAMPLING)}, got {resample!r}")
+        self.resample = RESAMPLING[resample]
         self.processor = processor
         self.template = template
         self.prompt = resolve_prompt(template)
@@ -226,4 +234,4 @@ class PromptBuilder:
 
     def _resize(self, image: Image.Image) -> Image.Image:
         size = model_image_size(*image.size, self.image_size, self.min_pixels, self.max_pixels)
-        return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
+        return image if image.size == size else image.resize(size, self.resample)

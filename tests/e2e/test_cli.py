@@ -108,3 +108,73 @@ def test_fit_help_documents_every_module_argument(capsys, monkeypatch):
         if not help_text or not help_text[0].strip():
             undocumented.append(name)
     assert undocumented == [], f"samr1 fit --help has no help text for {undocumented}"
+
+
+# Every shipped config parses with `--print_config` (subcommand, the configs it is layered on, the file).
+_BASES = {
+    "configs/data/": ("test", ["configs/demo.yaml"]),
+    "configs/rewards/": ("fit", ["configs/demo.yaml"]),
+    "configs/strategy/": ("fit", ["configs/demo.yaml"]),
+    "configs/eval/": ("test", ["configs/data/reasonseg_val.yaml"]),  # the eval config comes first
+    "configs/socioseg_eval.yaml": ("test", ["configs/demo.yaml", "configs/data/socioseg_test.yaml"]),
+    "configs/predict.yaml": ("predict", []),
+}
+
+
+def _layers(path: str) -> tuple[str, list[str]]:
+    for prefix, (command, bases) in _BASES.items():
+        if path.startswith(prefix):
+            return command, ([path, *bases] if prefix == "configs/eval/" else [*bases, path])
+    return "fit", [path]
+
+
+def _print_config(capsys, path: str) -> dict:
+    command, layers = _layers(path)
+    args = [command]
+    for layer in layers:
+        args += ["--config", layer]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--print_config"])
+    assert exit_info.value.code == 0, path
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_every_shipped_config_parses(capsys):
+    from pathlib import Path
+
+    paths = sorted(str(p) for p in Path("configs").rglob("*.yaml"))
+    assert len(paths) == 26
+    printed = {path: _print_config(capsys, path) for path in paths}
+    segzero = printed["configs/segzero_qwen2_5_vl_7b.yaml"]["model"]
+    assert (segzero["prompt_template"], segzero["max_new_tokens"], segzero["num_iterations"]) == (
+        "segzero",
+        1300,
+        1,
+    )
+    assert (segzero["clip_low"], segzero["clip_high"], segzero["entropy_coef"]) == (0.2, 0.2, 0.001)
+    assert (segzero["kl_coef"], segzero["kl_clamp"], segzero["aggregation"]) == (0.005, 10.0, "sequence")
+    assert segzero["mini_batch_size"] is None and len(segzero["rewards"]) == 5
+    samr1 = printed["configs/samr1_qwen2_5_vl_7b.yaml"]["model"]
+    assert (samr1["sam_backend"], samr1["sam_checkpoint"]) == ("sam2", "checkpoints/sam2-hiera-large")
+    assert (samr1["max_new_tokens"], samr1["mask_selection"], samr1["prompt_template"]) == (
+        1300,
+        "best",
+        "segzero",
+    )
+    for name, prompt, tokens, multi in (
+        ("segzero_7b", "segzero", 1024, False),
+        ("visionreasoner_7b", "visionreasoner", 2048, True),
+    ):
+        model = printed[f"configs/eval/{name}.yaml"]["model"]
+        assert (model["prompt_template"], model["eval_max_new_tokens"], model["eval_multi_object"]) == (
+            prompt,
+            tokens,
+            multi,
+        )
+        assert (model["eval_repetition_penalty"], model["image_resample"], model["sam_backend"]) == (
+            None,
+            "bilinear",
+            "sam2",
+        )
+    ood = printed["configs/data/socioseg_ood.yaml"]
+    assert ood["data"]["init_args"]["test_split"] == "ood" and ood["model"]["eval_multi_object"] is True

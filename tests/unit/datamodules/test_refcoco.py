@@ -119,7 +119,7 @@ def test_every_data_config_parses_against_the_datamodule_signatures():
     from samr1.datamodules import SegDataModule
 
     configs = sorted((Path(__file__).parents[3] / "configs" / "data").glob("*.yaml"))
-    assert len(configs) == 13
+    assert len(configs) == 14
     for path in configs:
         parser = ArgumentParser()
         parser.add_subclass_arguments(SegDataModule, "data")
