@@ -29,6 +29,7 @@ from samr1.metrics import (
     reasonseg_group,
     sample_iou,
 )
+from samr1.models.qwen2_5_vl.loading import generation_defaults
 from samr1.rewards.parsing import Answer, parse_answer
 from samr1.sam.segment import AnswerSegmenter, SegmentRule, answer_prompts, segment_answer  # noqa: F401
 from samr1.sample import SegSample
@@ -72,6 +73,25 @@ def answer_objects(answer: Answer | None, multi_object: bool) -> list[Answer]:
         return []
     objects = list(answer.objects) if multi_object and answer.objects else [answer]
     return [o for o in objects if o.box is not None or o.points]
+
+
+def decoding_settings(
+    model_path: str, max_new_tokens: int, repetition_penalty: float | None = None
+) -> dict[str, float | str]:
+    """Greedy evaluation's settings: the checkpoint's generation_config (what HF `generate` applies) unless
+    `repetition_penalty` overrides it; printed and saved with the results."""
+    if repetition_penalty is not None:
+        penalty, source = float(repetition_penalty), "model.eval_repetition_penalty"
+    else:
+        defaults = generation_defaults(model_path)
+        penalty = defaults.get("repetition_penalty", 1.0)
+        source = "generation_config.json" if defaults else "default"
+    return {
+        "decoding": "greedy",
+        "max_new_tokens": max_new_tokens,
+        "repetition_penalty": penalty,
+        "repetition_penalty_source": source,
+    }
 
 
 def as_answer_segmenter(segmenter: Any) -> AnswerSegmenter | None:

@@ -14,17 +14,17 @@ import lightning as L
 import torch
 
 from samr1.models.qwen2_5_vl.checkpoint import save_pretrained
-from samr1.models.qwen2_5_vl.loading import (
-    check_model_path,
-    generation_defaults,
-    load_policy,
-    load_processor,
-    special_token_ids,
-)
+from samr1.models.qwen2_5_vl.loading import check_model_path, load_policy, load_processor, special_token_ids
 from samr1.models.qwen2_5_vl.lora import add_lora, is_peft
 from samr1.models.qwen2_5_vl.prefix_cache import image_features
 from samr1.models.qwen2_5_vl.sharding import check_strategy, shard_policy
-from samr1.modules.evaluation import Evaluator, SampleResult, evaluate_samples, summary_table
+from samr1.modules.evaluation import (
+    Evaluator,
+    SampleResult,
+    decoding_settings,
+    evaluate_samples,
+    summary_table,
+)
 from samr1.modules.grpo import AdvantageScale, LossAggregation, group_advantages
 from samr1.modules.logprobs import completion_logprobs
 from samr1.modules.prompting import PromptBatch, PromptBuilder, resolve_prompt
@@ -229,23 +229,10 @@ class GRPOModule(L.LightningModule):
         )
         vocab = self.policy.get_output_embeddings().weight.shape[0]
         self.eos_ids, self.banned_ids = special_token_ids(self.processor.tokenizer, vocab)
-        self.eval_decoding = self._eval_decoding()
-
-    def _eval_decoding(self) -> dict[str, float | str]:
-        """Greedy evaluation's settings: the checkpoint's generation_config unless overridden (printed)."""
         hp = self.hparams
-        if hp.eval_repetition_penalty is not None:
-            penalty, source = float(hp.eval_repetition_penalty), "model.eval_repetition_penalty"
-        else:
-            defaults = generation_defaults(hp.model_path)
-            penalty = defaults.get("repetition_penalty", 1.0)
-            source = "generation_config.json" if defaults else "default"
-        return {
-            "decoding": "greedy",
-            "max_new_tokens": hp.eval_max_new_tokens or hp.max_new_tokens,
-            "repetition_penalty": penalty,
-            "repetition_penalty_source": source,
-        }
+        self.eval_decoding = decoding_settings(
+            hp.model_path, hp.eval_max_new_tokens or hp.max_new_tokens, hp.eval_repetition_penalty
+        )
 
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer)
