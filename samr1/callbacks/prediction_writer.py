@@ -21,9 +21,9 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 
+from samr1.answer import Answer
 from samr1.callbacks.overlays import draw_prediction
 from samr1.modules.evaluation import SampleResult, as_answer_segmenter
-from samr1.rewards.parsing import Answer
 from samr1.sample import SegSample
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

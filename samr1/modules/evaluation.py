@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from samr1.answer import Answer, parse_answer
 from samr1.geometry import box_iou
 from samr1.metrics import (
     BoxAccuracy,
@@ -30,7 +31,6 @@ from samr1.metrics import (
     sample_iou,
 )
 from samr1.models.qwen2_5_vl.loading import generation_defaults
-from samr1.rewards.parsing import Answer, parse_answer
 from samr1.sam.segment import AnswerSegmenter, SegmentRule, answer_prompts, segment_answer  # noqa: F401
 from samr1.sample import SegSample
 

@@ -13,6 +13,7 @@ from typing import Literal
 import lightning as L
 import torch
 
+from samr1.answer import parse_answer
 from samr1.models.qwen2_5_vl.checkpoint import save_pretrained
 from samr1.models.qwen2_5_vl.loading import check_model_path, load_policy, load_processor, special_token_ids
 from samr1.models.qwen2_5_vl.lora import add_lora, is_peft
@@ -35,7 +36,6 @@ from samr1.modules.step import PhaseTimer, StepRecord, out_of_memory_hint
 from samr1.modules.update import UpdateBatch, mini_batch_size, needs_old_logprobs, update_policy
 from samr1.rewards.base import Reward, RewardContext
 from samr1.rewards.combine import reward_statistics, score_completions
-from samr1.rewards.parsing import parse_answer
 from samr1.sam.segment import AnswerSegmenter, MaskSelection
 from samr1.sample import SegSample
 

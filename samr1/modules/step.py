@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from samr1.answer import Answer
 from samr1.modules.prompting import PromptBatch
 from samr1.modules.rollout import Rollouts
-from samr1.rewards.parsing import Answer
 from samr1.sample import SegSample
 
 

@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 import torch
 
+from samr1.answer import parse_answer
 from samr1.rewards.base import Reward
-from samr1.rewards.parsing import parse_answer
 from samr1.sample import SegSample
 
 # Seg-Zero's rule: the whole output is one think block then one answer block.

@@ -14,9 +14,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from samr1.answer import parse_answer
 from samr1.geometry import mask_iou
 from samr1.rewards.base import Reward, RewardContext
-from samr1.rewards.parsing import parse_answer
 from samr1.sample import SegSample
 
 SAMR1_TIERS = ((0.8, 4.0), (0.7, 3.0), (0.5, 2.0))

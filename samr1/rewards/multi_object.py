@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from samr1.answer import parse_answer
 from samr1.geometry import BoxLike, box_iou_matrix, box_l1_matrix, component_boxes
 from samr1.rewards.base import Reward, reference_size_of
-from samr1.rewards.parsing import parse_answer
 from samr1.sample import SegSample
 
 Criterion = Literal["sum", "both"]

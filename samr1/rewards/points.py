@@ -8,8 +8,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from samr1.answer import parse_answer
 from samr1.rewards.base import Reward, reference_size_of
-from samr1.rewards.parsing import parse_answer
 from samr1.sample import SegSample
 
 

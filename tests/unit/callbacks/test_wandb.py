@@ -13,11 +13,11 @@ import torch
 import yaml
 from PIL import Image
 
+from samr1.answer import parse_answer
 from samr1.callbacks.overlays import GT_MASK_COLOR, POINT_COLOR, PRED_BOX_COLOR, PRED_MASK_COLOR
 from samr1.callbacks.wandb_logging import RolloutTableCallback, metric_rows, rollout_rows
 from samr1.cli import main
 from samr1.modules.step import StepRecord
-from samr1.rewards.parsing import parse_answer
 from samr1.sample import CoordTransform, SegSample
 
 pytest.importorskip("wandb")

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from segment_anything import SamPredictor
 
-from samr1.rewards.parsing import parse_answer
+from samr1.answer import parse_answer
 from samr1.sam import SamPromptSegmenter, build_sam_module
 from samr1.sam.segment import SegmentRule, answer_prompts, segment_answer, segment_answers
 from samr1.sample import CoordTransform, SegSample
