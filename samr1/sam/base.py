@@ -12,7 +12,7 @@ from samr1.sam.cache import EmbeddingCache
 
 
 class PromptSegmenter(ABC):
-    """Backends implement `encode(image)` and `decode(embedding, boxes, points, point_labels, multimask)`.
+    """Backends implement `encode(image)` and `decode_prompts(embedding, boxes, points, point_labels, multimask)`.
 
     `embed` adds the optional LRU cache (`self.cache`, keyed by the caller's image key) in front of `encode`;
     `predict` is `decode(embed(image))`, so each call encodes the image at most once for all its prompts.
@@ -25,6 +25,12 @@ class PromptSegmenter(ABC):
         """Image embedding of an H x W x 3 uint8 RGB array (with its `original_size`)."""
 
     @abstractmethod
+    def decode_prompts(
+        self, embedding: Any, boxes: Any, points: Any, point_labels: Any, multimask: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`decode` for K >= 1 prompts already checked by `check_prompts`."""
+
+    @torch.inference_mode()
     def decode(
         self,
         embedding: Any,
@@ -34,6 +40,11 @@ class PromptSegmenter(ABC):
         multimask: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Bool masks [K, H, W] at the original resolution and float32 scores [K]."""
+        boxes, points, point_labels = check_prompts(boxes, points, point_labels)
+        if len(boxes if boxes is not None else points) == 0:
+            h, w = embedding.original_size
+            return np.zeros((0, h, w), dtype=bool), np.zeros(0, dtype=np.float32)
+        return self.decode_prompts(embedding, boxes, points, point_labels, multimask)
 
     @torch.inference_mode()
     def embed(self, image: Any, key: Any = None) -> Any:
@@ -74,3 +85,37 @@ def as_rgb_uint8(image: Any) -> np.ndarray:
     image = np.ascontiguousarray(image[:, :, :3])
     # np.asarray(PIL image) is read-only, which torch.from_numpy warns about downstream.
     return image if image.flags.writeable else image.copy()
+
+
+def check_prompts(boxes: Any, points: Any, point_labels: Any) -> tuple[Any, Any, Any]:
+    """Prompts as float64 numpy boxes [K, 4], points [K, P, 2] and int labels [K, P] (ones when omitted)."""
+    if boxes is None and points is None:
+        raise ValueError("give boxes [K, 4] and/or points [K, P, 2]")
+    if boxes is not None:
+        boxes = _numpy(boxes, np.float64)
+        if boxes.ndim == 1:
+            boxes = boxes[None]
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"boxes must be [K, 4], got shape {boxes.shape}")
+    if points is not None:
+        points = _numpy(points, np.float64)
+        if points.ndim != 3 or points.shape[2] != 2:
+            raise ValueError(
+                f"points must be [K, P, 2] (one row of P points per prompt), got shape {points.shape}"
+            )
+        if point_labels is None:
+            point_labels = np.ones(points.shape[:2], dtype=np.int64)
+        point_labels = _numpy(point_labels, np.int64)
+        if point_labels.shape != points.shape[:2]:
+            raise ValueError(f"point_labels must be [K, P] = {points.shape[:2]}, got {point_labels.shape}")
+        if boxes is not None and len(boxes) != len(points):
+            raise ValueError(
+                f"{len(boxes)} boxes but {len(points)} point prompts; give one of each per prompt"
+            )
+    return boxes, points, point_labels
+
+
+def _numpy(x: Any, dtype) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)

@@ -9,7 +9,6 @@ difference is the batching: `SamPredictor.predict` takes one prompt per call, an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from samr1.dtypes import resolve_dtype
-from samr1.sam.base import PromptSegmenter, as_rgb_uint8  # noqa: F401 (re-exported)
+from samr1.sam.base import PromptSegmenter, as_rgb_uint8, check_prompts  # noqa: F401 (re-exported)
 from samr1.sam.cache import EmbeddingCache
 
 
@@ -79,20 +78,10 @@ class SamPromptSegmenter(PromptSegmenter):
         features = self.sam.image_encoder(x.to(self.dtype)).float()
         return SamEmbedding(features, tuple(image.shape[:2]), tuple(resized.shape[:2]))
 
-    @torch.inference_mode()
-    def decode(
-        self,
-        embedding: SamEmbedding,
-        boxes: Any = None,
-        points: Any = None,
-        point_labels: Any = None,
-        multimask: bool = False,
+    def decode_prompts(
+        self, embedding: SamEmbedding, boxes, points, point_labels, multimask: bool
     ) -> tuple[np.ndarray, np.ndarray]:
-        boxes, points, point_labels = check_prompts(boxes, points, point_labels)
         k = len(boxes) if boxes is not None else len(points)
-        h, w = embedding.original_size
-        if k == 0:
-            return np.zeros((0, h, w), dtype=bool), np.zeros(0, dtype=np.float32)
         # Coordinates go through the numpy transform in float64, then float32, exactly as SamPredictor.predict.
         point_input = None
         if points is not None:
@@ -129,37 +118,3 @@ class SamPromptSegmenter(PromptSegmenter):
             ]
         )
         return masks[:, 0].cpu().numpy(), scores.float().cpu().numpy()
-
-
-def check_prompts(boxes: Any, points: Any, point_labels: Any) -> tuple[Any, Any, Any]:
-    """Prompts as float64 numpy boxes [K, 4], points [K, P, 2] and int labels [K, P] (ones when omitted)."""
-    if boxes is None and points is None:
-        raise ValueError("give boxes [K, 4] and/or points [K, P, 2]")
-    if boxes is not None:
-        boxes = _numpy(boxes, np.float64)
-        if boxes.ndim == 1:
-            boxes = boxes[None]
-        if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise ValueError(f"boxes must be [K, 4], got shape {boxes.shape}")
-    if points is not None:
-        points = _numpy(points, np.float64)
-        if points.ndim != 3 or points.shape[2] != 2:
-            raise ValueError(
-                f"points must be [K, P, 2] (one row of P points per prompt), got shape {points.shape}"
-            )
-        if point_labels is None:
-            point_labels = np.ones(points.shape[:2], dtype=np.int64)
-        point_labels = _numpy(point_labels, np.int64)
-        if point_labels.shape != points.shape[:2]:
-            raise ValueError(f"point_labels must be [K, P] = {points.shape[:2]}, got {point_labels.shape}")
-        if boxes is not None and len(boxes) != len(points):
-            raise ValueError(
-                f"{len(boxes)} boxes but {len(points)} point prompts; give one of each per prompt"
-            )
-    return boxes, points, point_labels
-
-
-def _numpy(x: Any, dtype) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=dtype)

@@ -17,7 +17,6 @@ import torch
 from samr1.dtypes import resolve_dtype
 from samr1.sam.base import PromptSegmenter
 from samr1.sam.cache import EmbeddingCache
-from samr1.sam.predictor import check_prompts
 
 
 @dataclass
@@ -72,20 +71,11 @@ class Sam2PromptSegmenter(PromptSegmenter):
         pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
         return Sam2Embedding(list(self.model.get_image_embeddings(pixel_values)), tuple(image.shape[:2]))
 
-    @torch.inference_mode()
-    def decode(
-        self,
-        embedding: Sam2Embedding,
-        boxes: Any = None,
-        points: Any = None,
-        point_labels: Any = None,
-        multimask: bool = False,
+    def decode_prompts(
+        self, embedding: Sam2Embedding, boxes, points, point_labels, multimask: bool
     ) -> tuple[np.ndarray, np.ndarray]:
-        boxes, points, point_labels = check_prompts(boxes, points, point_labels)
         k = len(boxes) if boxes is not None else len(points)
         h, w = embedding.original_size
-        if k == 0:
-            return np.zeros((0, h, w), dtype=bool), np.zeros(0, dtype=np.float32)
         # One image, K prompts: the processor wants [image, prompt, ...] nesting and scales to its input size.
         prompts = self.processor(
             original_sizes=[[h, w]],
