@@ -12,8 +12,10 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from samr1.answer import parse_answer
+from samr1.dtypes import autocast, precision_warnings, resolve_precision
 from samr1.models.qwen2_5_vl.checkpoint import save_pretrained
 from samr1.models.qwen2_5_vl.loading import check_model_path, load_policy, load_processor, special_token_ids
 from samr1.models.qwen2_5_vl.lora import add_lora, is_peft
@@ -87,7 +89,13 @@ class GRPOModule(L.LightningModule):
         advantage_scale: group (reward minus group mean, over group std), batch (over the batch std) or none
             (Dr. GRPO: centred only).
         entropy_coef: entropy bonus coefficient (subtracted from the loss; 0: off).
-        dtype: dtype the policy is loaded in (float32 keeps float32 master weights).
+        param_dtype: storage dtype of the trainable policy weights, their gradients and AdamW state (master
+            weights). Keep float32: bfloat16 or float16 storage rounds small updates away (at lr 1e-6 one
+            step changes ~2% of bf16 weights) and warns at start.
+        compute_dtype: dtype of the policy's matmuls and activations: bfloat16 on GPUs. Under FSDP2 the
+            weights are all-gathered in it (MixedPrecisionPolicy, float32 gradient reduction); otherwise
+            autocast. The frozen reference model and SAM are stored in it.
+        dtype: deprecated alias of compute_dtype (it used to set the storage dtype too).
         attn_implementation: transformers attention kernel of the policy (sdpa, eager, flash_attention_2).
         freeze_vision: keep the vision tower frozen (its features are then computed once per step).
         gradient_checkpointing: recompute activations in the backward pass to save memory.
@@ -141,7 +149,9 @@ class GRPOModule(L.LightningModule):
         aggregation: LossAggregation = "token",
         advantage_scale: AdvantageScale = "group",
         entropy_coef: float = 0.0,
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        param_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         attn_implementation: str = "sdpa",
         freeze_vision: bool = True,
         gradient_checkpointing: bool = False,
@@ -184,7 +194,10 @@ class GRPOModule(L.LightningModule):
 
             if not Path(sam_checkpoint).exists():
                 raise FileNotFoundError(f"sam_checkpoint not found: {sam_checkpoint}")
+        param_dtype, compute_dtype = resolve_precision(param_dtype, compute_dtype, dtype)
         self.save_hyperparameters(ignore=["rewards"])
+        # The deprecated alias is resolved once; checkpoints store the two explicit settings.
+        self.hparams.update(param_dtype=param_dtype, compute_dtype=compute_dtype, dtype=None)
         self.automatic_optimization = False
         self.rewards = list(rewards) if rewards is not None else _default_rewards()
         names = [r.name for r in self.rewards]
@@ -208,7 +221,7 @@ class GRPOModule(L.LightningModule):
         if self.policy is not None:
             return
         hp = self.hparams
-        self.policy = load_policy(hp.model_path, hp.dtype, hp.attn_implementation)
+        self.policy = load_policy(hp.model_path, hp.param_dtype, hp.attn_implementation)
         self.policy.train()  # from_pretrained returns eval mode; Qwen has no dropout, but hooks expect train
         if hp.freeze_vision:
             self.policy.model.visual.requires_grad_(False)
@@ -217,7 +230,7 @@ class GRPOModule(L.LightningModule):
         if hp.lora_rank > 0:
             self.policy = add_lora(self.policy, hp.lora_rank, hp.lora_alpha, hp.lora_dropout)
         if self.device_mesh is not None:  # ModelParallelStrategy: shard with FSDP2 (see sharding.py)
-            shard_policy(self.policy, self.device_mesh, hp.dtype, hp.gradient_checkpointing)
+            shard_policy(self.policy, self.device_mesh, hp.compute_dtype, hp.gradient_checkpointing)
         self.processor = load_processor(hp.model_path)
         self.prompt_builder = PromptBuilder(
             self.processor,
@@ -236,8 +249,10 @@ class GRPOModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer)
-        self.configure_model()
         hp = self.hparams
+        for message in precision_warnings(hp.param_dtype, hp.compute_dtype, self.trainer.precision):
+            rank_zero_warn(message)
+        self.configure_model()
         if hp.sam_checkpoint is not None and self.segmenter is None:
             from samr1.sam import build_sam
 
@@ -246,7 +261,7 @@ class GRPOModule(L.LightningModule):
                 model_type=hp.sam_model_type,
                 checkpoint=hp.sam_checkpoint,
                 device=self.trainer.strategy.root_device if self._trainer is not None else "cpu",
-                dtype=hp.dtype,
+                dtype=hp.compute_dtype,
                 cache_size=hp.sam_cache_size,
             )
         if self.segmenter is not None and self.answer_segmenter is None:
@@ -258,9 +273,12 @@ class GRPOModule(L.LightningModule):
             if hp.lora_rank > 0:
                 self._frozen["reference"] = AdapterDisabledReference(lambda: self.policy)
             else:
-                self._frozen["reference"] = ReferenceModel(hp.model_path, hp.dtype, hp.attn_implementation)
+                # Frozen, no optimiser state: stored in the compute dtype, sharded like the policy.
+                self._frozen["reference"] = ReferenceModel(
+                    hp.model_path, hp.compute_dtype, hp.attn_implementation
+                )
                 if self.device_mesh is not None:
-                    shard_policy(self._frozen["reference"].model, self.device_mesh, hp.dtype, False)
+                    shard_policy(self._frozen["reference"].model, self.device_mesh, hp.compute_dtype, False)
 
     def on_fit_start(self) -> None:
         for module in self._frozen.values():
@@ -334,21 +352,22 @@ class GRPOModule(L.LightningModule):
         features=None,
         repetition_penalty: float = 1.0,
     ) -> Rollouts:
-        return generate_rollouts(
-            self.policy,
-            batch,
-            self.processor.tokenizer,
-            group_size=group_size,
-            max_new_tokens=max_new_tokens,
-            eos_token_ids=self.eos_ids,
-            pad_token_id=self.processor.tokenizer.pad_token_id,
-            banned_token_ids=self.banned_ids,
-            temperature=temperature,
-            top_p=self.hparams.top_p,
-            generator=self.generator,
-            features=features,
-            repetition_penalty=repetition_penalty,
-        )
+        with self.compute_context():
+            return generate_rollouts(
+                self.policy,
+                batch,
+                self.processor.tokenizer,
+                group_size=group_size,
+                max_new_tokens=max_new_tokens,
+                eos_token_ids=self.eos_ids,
+                pad_token_id=self.processor.tokenizer.pad_token_id,
+                banned_token_ids=self.banned_ids,
+                temperature=temperature,
+                top_p=self.hparams.top_p,
+                generator=self.generator,
+                features=features,
+                repetition_penalty=repetition_penalty,
+            )
 
     def training_step(self, batch: list[SegSample], batch_idx: int) -> None:
         hp = self.hparams
@@ -378,7 +397,8 @@ class GRPOModule(L.LightningModule):
                 update_batch = UpdateBatch(
                     prompts, rollouts, advantages, old_logprobs, ref_logprobs, features
                 )
-                update_stats = update_policy(self, update_batch)
+                with self.compute_context():
+                    update_stats = update_policy(self, update_batch)
         # 6. log, and keep a typed record of the step for callbacks
         stats = self.step_statistics(rollouts, total, per_reward, advantages, update_stats, timer.seconds)
         self._log_train(stats)
@@ -397,11 +417,20 @@ class GRPOModule(L.LightningModule):
     def frozen_image_features(self, prompts: PromptBatch) -> list[torch.Tensor] | None:
         if not self.hparams.freeze_vision:
             return None
-        with torch.no_grad():
+        with torch.no_grad(), self.compute_context():
             return image_features(self.policy, prompts)
+
+    def compute_context(self):
+        """Autocast to `compute_dtype` around the policy's passes; nothing under FSDP2 (its own mixed precision)."""
+        hp = self.hparams
+        return autocast(self.device, hp.param_dtype, hp.compute_dtype, sharded=self.device_mesh is not None)
 
     def sampling_logprobs(self, prompts: PromptBatch, rollouts: Rollouts, features):
         """(old, reference) log-probs [N, T] of the completions; None where they are not needed."""
+        with self.compute_context():
+            return self._sampling_logprobs(prompts, rollouts, features)
+
+    def _sampling_logprobs(self, prompts: PromptBatch, rollouts: Rollouts, features):
         hp = self.hparams
         old_logprobs = ref_logprobs = None
         if needs_old_logprobs(len(rollouts), hp.num_iterations, hp.mini_batch_size):
