@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from samr1.models.qwen2_5_vl.prefix_cache import feed, model_parts, prefill
+from samr1.models.qwen2_5_vl.sharding import gathers_weights
 from samr1.modules.prompting import PromptBatch
 
 
@@ -62,6 +63,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+@gathers_weights  # sharded (FSDP2): gathered once for the whole rollout, not once per token
 @torch.no_grad()
 def generate_rollouts(
     model,
