@@ -15,7 +15,11 @@ from samr1.modules.prompting import PromptBatch
 
 
 class ReferenceModel(nn.Module):
-    """Frozen copy of the policy's initial weights; loaded only when the KL coefficient is positive."""
+    """Frozen copy of the policy's initial weights; loaded only when the KL coefficient is positive.
+
+    `dtype` is its storage dtype: GRPOModule passes its compute dtype (bf16 on GPUs: no optimiser state, so
+    nothing to round away); under FSDP2 it is sharded like the policy (`sharding.shard_policy`).
+    """
 
     def __init__(self, model_path: str, dtype: str = "float32", attn_implementation: str = "sdpa") -> None:
         super().__init__()
