@@ -250,8 +250,9 @@ class GRPOModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer)
         hp = self.hparams
-        for message in precision_warnings(hp.param_dtype, hp.compute_dtype, self.trainer.precision):
-            rank_zero_warn(message)
+        if stage == "fit":  # half-precision storage is fine for evaluation; it only loses training updates
+            for message in precision_warnings(hp.param_dtype, hp.compute_dtype, self.trainer.precision):
+                rank_zero_warn(message)
         self.configure_model()
         if hp.sam_checkpoint is not None and self.segmenter is None:
             from samr1.sam import build_sam

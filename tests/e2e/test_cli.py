@@ -143,7 +143,7 @@ def test_every_shipped_config_parses(capsys):
     from pathlib import Path
 
     paths = sorted(str(p) for p in Path("configs").rglob("*.yaml"))
-    assert len(paths) == 26
+    assert len(paths) == 27
     printed = {path: _print_config(capsys, path) for path in paths}
     segzero = printed["configs/segzero_qwen2_5_vl_7b.yaml"]["model"]
     assert (segzero["prompt_template"], segzero["max_new_tokens"], segzero["num_iterations"]) == (

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]  # fsdp_worker.py, toy_rewards.py
+ROOT = TESTS.parent
 
 
 def write_tied_policy(untied: str, out: Path) -> str:
@@ -37,7 +38,7 @@ def sharded_run(tmp_path_factory, tiny_checkpoints) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     cmd += [str(TESTS / "fsdp_worker.py"), "--policy", tiny_checkpoints["policy"], "--tied-policy", tied]
     cmd += ["--sam", tiny_checkpoints["sam_checkpoint"], "--out", str(root)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS), os.getcwd()])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)])}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return {"root": root, **json.loads((root / "results.json").read_text())}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -11,11 +11,11 @@ import yaml
 from toy_rewards import DigitShareReward
 
 from samr1.datamodules import SyntheticShapesDataModule
-from samr1.dtypes import precision_warnings, resolve_precision
+from samr1.dtypes import precision_warnings
 from samr1.models.qwen2_5_vl.loading import load_policy
 from samr1.modules.module import GRPOModule
 
-RECIPE = "configs/samr1_qwen2_5_vl_7b.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "configs" / "samr1_qwen2_5_vl_7b.yaml"
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -99,22 +99,3 @@ def test_bf16_master_weights_round_small_updates_away_and_warn(tiny_checkpoints,
     moved, total = (sum(c[i] for c in changed.values()) for i in (0, 1))
     assert moved / total < 0.1  # about 2% of the weights move; the rest of the update rounds to nothing
     assert all(changed[k][0] == 0 for k in changed if "norm" in k)  # a gain of 1.0 never moves by 1e-6
-
-
-def test_half_precision_trainer_warns_naming_the_setting():
-    for precision in ("bf16-true", "16-true"):
-        (message,) = precision_warnings("float32", "bfloat16", precision)
-        assert message.startswith(f"trainer.precision={precision} converts the policy's weights")
-        assert "model.compute_dtype: bfloat16 and trainer.precision: 32-true" in message
-    assert precision_warnings("float32", "float32", "bf16-mixed") == []
-    assert "underflow" in precision_warnings("float32", "float16", "32-true")[0]
-
-
-def test_deprecated_dtype_means_compute_dtype():
-    with pytest.warns(FutureWarning, match="model.dtype is deprecated.*compute_dtype='bfloat16'"):
-        assert resolve_precision("float32", "float32", "bfloat16") == ("float32", "bfloat16")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert resolve_precision("fp32", "bf16", None) == ("float32", "bfloat16")
-    with pytest.raises(ValueError, match="model.dtype='float16' .*conflicts with model.compute_dtype"):
-        resolve_precision("float32", "bfloat16", "float16")
