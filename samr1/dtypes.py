@@ -19,7 +19,7 @@ import torch
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _LOW = (torch.bfloat16, torch.float16)
 # Lightning precisions that convert the whole LightningModule (the policy's master weights) to half precision.
-_HALF_STORAGE_PRECISIONS = ("bf16-true", "16-true", "bf16", "16", "half")
+_HALF_STORAGE_PRECISIONS = ("bf16-true", "16-true")  # as Trainer.precision reports them
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
