@@ -73,15 +73,20 @@ def resolve_precision(param_dtype: str, compute_dtype: str, dtype: str | None) -
     return param, legacy
 
 
-def precision_warnings(param_dtype: str, compute_dtype: str, trainer_precision: str | None) -> list[str]:
-    """Start-of-run warnings for settings that store trainable weights in half precision, naming the setting."""
+def precision_warnings(
+    param_dtype: str, compute_dtype: str, trainer_precision: str | None, lora: bool = False
+) -> list[str]:
+    """Start-of-run warnings for settings that store trainable weights in half precision, naming the setting.
+
+    With LoRA, `param_dtype` is the frozen base's storage and PEFT keeps the adapters in float32: no warning.
+    """
     out = []
     rounding = (
         "small learning rates round away: at lr 1e-6 one AdamW step changes about 2% of bf16 weights and no "
         "RMSNorm gain. For float32 master weights with {c} compute use model.param_dtype: float32, "
         "model.compute_dtype: {c} and trainer.precision: 32-true."
     ).format(c=compute_dtype if compute_dtype != "float32" else "bfloat16")
-    if resolve_dtype(param_dtype) in _LOW:
+    if resolve_dtype(param_dtype) in _LOW and not lora:
         out.append(
             f"model.param_dtype={param_dtype} stores the trainable weights and AdamW state in it; {rounding}"
         )

@@ -91,7 +91,8 @@ class GRPOModule(L.LightningModule):
         entropy_coef: entropy bonus coefficient (subtracted from the loss; 0: off).
         param_dtype: storage dtype of the trainable policy weights, their gradients and AdamW state (master
             weights). Keep float32: bfloat16 or float16 storage rounds small updates away (at lr 1e-6 one
-            step changes ~2% of bf16 weights) and warns at start.
+            step changes ~2% of bf16 weights) and warns at start. With LoRA it is the frozen base's dtype
+            (bfloat16 halves its memory; PEFT keeps the adapters in float32).
         compute_dtype: dtype of the policy's matmuls and activations: bfloat16 on GPUs. Under FSDP2 the
             weights are all-gathered in it (MixedPrecisionPolicy, float32 gradient reduction); otherwise
             autocast. The frozen reference model and SAM are stored in it.
@@ -251,7 +252,8 @@ class GRPOModule(L.LightningModule):
         check_strategy(self.trainer)
         hp = self.hparams
         if stage == "fit":  # half-precision storage is fine for evaluation; it only loses training updates
-            for message in precision_warnings(hp.param_dtype, hp.compute_dtype, self.trainer.precision):
+            precision = self.trainer.precision
+            for message in precision_warnings(hp.param_dtype, hp.compute_dtype, precision, hp.lora_rank > 0):
                 rank_zero_warn(message)
         self.configure_model()
         if hp.sam_checkpoint is not None and self.segmenter is None:

@@ -15,6 +15,10 @@ def test_half_precision_trainer_warns_naming_the_setting():
         assert message.startswith(f"trainer.precision={precision} converts the policy's weights")
         assert "model.compute_dtype: bfloat16 and trainer.precision: 32-true" in message
     assert precision_warnings("float32", "float32", "bf16-mixed") == []
+    assert (
+        precision_warnings("bfloat16", "bfloat16", "32-true", lora=True) == []
+    )  # frozen base, fp32 adapters
+    assert "model.param_dtype=bfloat16" in precision_warnings("bfloat16", "bfloat16", "32-true")[0]
     assert "underflow" in precision_warnings("float32", "float16", "32-true")[0]
 
 
