@@ -8,8 +8,8 @@ default is what samr1 needs:
 - `save_distributed_checkpoint=True` writes a folder of per-rank shards that `samr1 test --ckpt_path`,
   `samr1 export` and a one-process run cannot read. Here the default is one full checkpoint file, gathered
   on rank 0 (on CPU, `cpu_offload`): it loads on any number of processes, sharded or not, and resumes a sharded
-  run exactly. Cost: rank 0 needs host memory for the full float32 weights and AdamW state (16 bytes per
-  trainable parameter: 122 GB at 7B) while saving. Set `save_distributed_checkpoint: true` to write shards
+  run exactly. Cost: rank 0 needs host memory for the full float32 weights and AdamW state while saving
+  (4 bytes per parameter + 8 per trainable one: 94 GB for Qwen2.5-VL-7B with its vision tower frozen). Set `save_distributed_checkpoint: true` to write shards
   instead: such a folder resumes a sharded run (`fit --ckpt_path`), but `samr1 test` / `samr1 export` on
   one process read only the full file.
 """

@@ -17,10 +17,11 @@ unit of its own and gathers its weights whenever it runs:
 Weights are stored in float32 (master weights, AdamW state), all-gathered in the compute dtype and gradients
 reduced in float32 (MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=float32)).
 
-Generation decodes one token at a time; gathering each unit per token would all-gather the whole model for
-every generated token (about 15 GB per token per GPU at 7B). `gathered_weights` gathers every unit once for the
-whole rollout instead and frees the gathered copy afterwards: during generation each GPU holds the full model
-in the compute dtype (2 bytes per parameter: 16.6 GB for Qwen2.5-VL-7B, 7.5 GB for 3B) on top of its shards.
+Generation decodes one token at a time; gathering each unit per token would all-gather the decoder for every
+generated token (at 7B on 8 GPUs, 7/8 of 15.2 GB per token per GPU). `gathered_weights` gathers every unit
+once for the whole rollout and frees the gathered copy afterwards. Memory cost: during generation each GPU
+holds the decoder and lm_head in the compute dtype (2 bytes per parameter: 15.2 GB for Qwen2.5-VL-7B, 6.2 GB
+for 3B) on top of its shards; the vision tower stays sharded when its features were computed already.
 """
 
 from __future__ import annotations
