@@ -30,8 +30,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from samr1.checkpointing import SafeCheckpointIO, read_checkpoint_metadata
 from samr1.datamodules.base import SegDataModule
-from samr1.modules.policy import GRPOModule
-from samr1.run_dir import RESUME_WORDS, claim_run_directories
+from samr1.modules.module import GRPOModule
+from samr1.run_dir import RESUME_WORDS, claim_run_directory
 
 # Options whose value decides what the checkpoint's weights mean: a different value cannot load them as
 # trained (different adapter shapes or scaling).
@@ -105,10 +105,14 @@ class SamR1CLI(LightningCLI):
             check_checkpoint_options(resolved, saved, dict(model.hparams), "fit")
         claim = None
         if rank_zero_only.rank == 0:  # DDP children re-run this command; the launching process claims
-            directories = [c.dirpath for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
-            if self.config[self.subcommand]["trainer"].get("default_root_dir"):
-                directories.insert(0, trainer.default_root_dir)
-            claim = claim_run_directories(directories, ckpt_path, ["samr1", *self._argv])
+            checkpoint_dirs = [c.dirpath for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
+            # Lightning's own default (the current directory) versions its logs itself: not claimed.
+            run_dir = (
+                trainer.default_root_dir
+                if self.config[self.subcommand]["trainer"].get("default_root_dir")
+                else None
+            )
+            claim = claim_run_directory(run_dir, checkpoint_dirs, ckpt_path, ["samr1", *self._argv])
         try:
             resume_wandb_run(resolved, trainer)
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)

@@ -1,11 +1,12 @@
 """A run directory belongs to one run: a second fit into it is refused unless it resumes that run.
 
-`samr1 fit` claims its output directories (the trainer's `default_root_dir` when set, and every
-`ModelCheckpoint` `dirpath`) before training. A directory already holds a run when it has a `samr1-run.json`
-(written at the claim) or a `*.ckpt` file. Such a directory is accepted only when the fit resumes it:
-`--ckpt_path last` (or `hpc`), or a checkpoint file inside one of the claimed directories. While a fit runs,
-an exclusive lock on `.samr1-run.lock` refuses any other fit of the same directory, resumed or not, so two
-processes never interleave their metrics or checkpoints.
+`samr1 fit` claims its run directory (the trainer's `default_root_dir`, when set) and checks every
+`ModelCheckpoint` `dirpath` before training. The run directory already holds a run when it has a
+`samr1-run.json` (written at the claim); a checkpoint directory does when it has a `*.ckpt` file. Either is
+accepted only when the fit resumes it: `--ckpt_path last` (or `hpc`), or a checkpoint file inside one of
+these directories. While a fit runs, an exclusive lock on the run directory's `.samr1-run.lock` refuses any
+other fit of it, resumed or not, so two processes never interleave their metrics or checkpoints.
+Checkpoint directories get no files of their own (ModelCheckpoint warns about a non-empty directory).
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ class RunDirectoryError(RuntimeError):
 
 @dataclass
 class RunClaim:
-    """The claimed directories and their open locks; `release()` (or process exit) frees them."""
+    """The claimed run directory (None: only checkpoint directories were checked) and its open lock;
+    `release()` (or process exit) frees it."""
 
-    directories: list[Path]
+    directory: Path | None
     _locks: list = field(default_factory=list)
 
     def release(self) -> None:
@@ -45,11 +47,16 @@ class RunClaim:
         self._locks.clear()
 
 
-def held_run(directory: Path) -> str | None:
-    """What shows that `directory` already holds a run (a file path), or None."""
+def held_run(directory: Path, marker_only: bool = False) -> str | None:
+    """What shows that `directory` already holds a run (a file path), or None.
+
+    A run directory is marked by its `samr1-run.json`; a checkpoint directory by any `*.ckpt`.
+    """
     marker = directory / RUN_FILE
     if marker.is_file():
         return str(marker)
+    if marker_only:
+        return None
     checkpoints = sorted(directory.glob("*.ckpt"))
     return str(checkpoints[0]) if checkpoints else None
 
@@ -64,25 +71,34 @@ def resumes(ckpt_path: str | None, directories: list[Path]) -> bool:
     return any(path.is_relative_to(d.resolve()) for d in directories)
 
 
-def claim_run_directories(
-    directories: list[str | Path], ckpt_path: str | None, command: list[str] | None = None
+def claim_run_directory(
+    run_dir: str | Path | None,
+    checkpoint_dirs: list[str | Path],
+    ckpt_path: str | None,
+    command: list[str] | None = None,
 ) -> RunClaim:
-    """Claim `directories` for a fit from `ckpt_path` (None: a fresh start), or raise `RunDirectoryError`."""
-    dirs = list(dict.fromkeys(Path(d).resolve() for d in directories if d is not None))
+    """Claim `run_dir` and check `checkpoint_dirs` for a fit from `ckpt_path` (None: a fresh start).
+
+    Raises `RunDirectoryError` when one of them holds another run, or another fit holds `run_dir`.
+    """
+    root = Path(run_dir).resolve() if run_dir is not None else None
+    checkpoint_paths = {Path(d).resolve() for d in checkpoint_dirs}
+    dirs = list(dict.fromkeys(d for d in [root, *checkpoint_paths] if d is not None))
     if not resumes(ckpt_path, dirs):
         for directory in dirs:
-            evidence = held_run(directory)
+            evidence = held_run(directory, marker_only=directory not in checkpoint_paths)
             if evidence is not None:
                 raise RunDirectoryError(
                     f"{directory} already holds a run ({evidence}). A run directory belongs to one run: resume "
                     f"it with --ckpt_path last (or a checkpoint inside it), or write this run elsewhere "
                     f"(--trainer.default_root_dir, and the ModelCheckpoint dirpath), or delete the old run first."
                 )
-    claim = RunClaim(dirs)
+    claim = RunClaim(root)
+    if root is None:
+        return claim
     try:
-        for directory in dirs:
-            directory.mkdir(parents=True, exist_ok=True)
-            claim._locks.append(_lock(directory))
+        root.mkdir(parents=True, exist_ok=True)
+        claim._locks.append(_lock(root))
         record = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -90,8 +106,7 @@ def claim_run_directories(
             "command": list(sys.argv if command is None else command),
             "resumed_from": ckpt_path,
         }
-        for directory in dirs:
-            _write_record(directory / RUN_FILE, record)
+        _write_record(root / RUN_FILE, record)
     except BaseException:
         claim.release()
         raise
@@ -127,4 +142,4 @@ def _write_record(path: Path, record: dict) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["LOCK_FILE", "RUN_FILE", "RunClaim", "RunDirectoryError", "claim_run_directories", "held_run"]
+__all__ = ["LOCK_FILE", "RUN_FILE", "RunClaim", "RunDirectoryError", "claim_run_directory", "held_run"]

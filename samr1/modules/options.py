@@ -20,6 +20,7 @@ _CHOICES = {
     "advantage_scale": ("group", "batch", "none"),
     "dtype": ("float32", "bfloat16", "float16"),
     "sam_backend": ("segment_anything", "sam2"),
+    "image_resample": ("bicubic", "bilinear"),
 }
 
 
@@ -37,7 +38,13 @@ _INTEGER_MINIMUM = {
     "min_pixels": 1,
     "max_pixels": 1,
 }
-_OPTIONAL = {"eval_max_new_tokens", "mini_batch_size", "grad_clip"}  # None means "use the default rule"
+_OPTIONAL = {
+    "eval_max_new_tokens",
+    "mini_batch_size",
+    "grad_clip",
+    "kl_clamp",
+    "eval_repetition_penalty",
+}  # None means "use the default rule"
 _REAL_RANGES = {
     # Training samples at this temperature; 0 (greedy) is refused in fit by `check_stage_options`.
     "temperature": (lambda v: v >= 0, "must be >= 0"),
@@ -51,6 +58,8 @@ _REAL_RANGES = {
     ),
     "clip_high": (lambda v: v >= 0, "must be >= 0"),
     "kl_coef": (lambda v: v >= 0, "must be >= 0"),
+    "kl_clamp": (lambda v: v > 0, "must be > 0 (or null: no clamp)"),
+    "eval_repetition_penalty": (lambda v: v > 0, "must be > 0 (or null: the checkpoint's own setting)"),
     "entropy_coef": (lambda v: True, "must be a finite number"),
     "lora_dropout": (lambda v: 0 <= v < 1, "must lie in [0, 1)"),
 }
