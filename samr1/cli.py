@@ -113,6 +113,12 @@ class SamR1CLI(LightningCLI):
                 else None
             )
             claim = claim_run_directory(run_dir, checkpoint_dirs, ckpt_path, ["samr1", *self._argv])
+        for callback in trainer.checkpoint_callbacks:
+            # The directory belongs to this run (claimed above): its file names are this run's, so a
+            # resume overwrites last.ckpt instead of writing last-v1.ckpt beside it (which it would do after
+            # the run directory moved, as the stored last_model_path no longer matches).
+            if hasattr(callback, "_enable_version_counter"):
+                callback._enable_version_counter = False
         try:
             resume_wandb_run(resolved, trainer)
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
@@ -221,7 +227,7 @@ def resume_wandb_run(ckpt_path: str | None, trainer) -> None:
 
 
 def quiet_known_warnings() -> None:
-    """Silence two Lightning warnings that are wrong for samr1 runs, and nothing else."""
+    """Silence three Lightning warnings that are wrong for samr1 runs, and nothing else."""
     # samr1 checkpoints after the whole GRPO step (all optimiser steps of the rollout batch): that state is
     # what an exact resume needs, and the pre-optimisation copy the warning asks for would be wrong here.
     warnings.filterwarnings(
@@ -234,6 +240,9 @@ def quiet_known_warnings() -> None:
         "ignore",
         message="You're resuming from a checkpoint that ended before the epoch ended and your dataloader",
     )
+    # `samr1 fit` refuses a fresh run into a checkpoint directory that holds checkpoints (run_dir.py), so a
+    # non-empty one here is the run being resumed.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def tiny_main(argv: list[str]) -> None:
