@@ -37,6 +37,9 @@ class WandbLogger(_LightningWandbLogger):
         super().__init__(
             project=project, name=name, save_dir=save_dir, offline=offline, log_model=log_model, **kwargs
         )
+        # Lightning passes anonymous=None unless asked; recent wandb warns (twice) about any value given.
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
 
     def resume_run(self, run_id: str) -> None:
         """Continue the wandb run `run_id` (call before the run starts)."""

@@ -30,6 +30,7 @@ from samr1.modules.evaluation import (
 )
 from samr1.modules.grpo import AdvantageScale, LossAggregation, group_advantages
 from samr1.modules.logprobs import completion_logprobs
+from samr1.modules.options import apply_optimizer_options, check_module_options, check_stage_options
 from samr1.modules.prompting import PromptBatch, PromptBuilder, resolve_prompt
 from samr1.modules.reference import AdapterDisabledReference, ReferenceModel
 from samr1.modules.rollout import Rollouts, generate_rollouts
@@ -171,22 +172,7 @@ class GRPOModule(L.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if group_size < 2:
-            raise ValueError(
-                f"group_size (G) must be at least 2 for group-relative advantages, got {group_size}"
-            )
-        if (
-            num_iterations < 1
-            or micro_batch_size < 1
-            or (mini_batch_size is not None and mini_batch_size < 1)
-        ):
-            raise ValueError("num_iterations, micro_batch_size and mini_batch_size must be positive")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-        if kl_clamp is not None and kl_clamp <= 0:
-            raise ValueError(f"kl_clamp must be positive (or null for no clamp), got {kl_clamp}")
-        if eval_repetition_penalty is not None and eval_repetition_penalty <= 0:
-            raise ValueError(f"eval_repetition_penalty must be positive, got {eval_repetition_penalty}")
+        check_module_options(locals())  # every option's range, by name, before anything loads (options.py)
         AnswerSegmenter(None, mask_selection)  # fails at start on an unknown mask_selection
         resolve_prompt(prompt_template)  # ... and on a template that is neither a preset nor fillable
         check_model_path(model_path)
@@ -249,6 +235,7 @@ class GRPOModule(L.LightningModule):
         )
 
     def setup(self, stage: str) -> None:
+        check_stage_options(self.hparams, stage)
         check_strategy(self.trainer)
         hp = self.hparams
         if stage == "fit":  # half-precision storage is fine for evaluation; it only loses training updates
@@ -313,6 +300,7 @@ class GRPOModule(L.LightningModule):
                 checkpoint["samr1_wandb_run_id"] = str(logger.version)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        apply_optimizer_options(checkpoint, self.hparams)  # a resumed fit trains at the configured rate
         self._restored_generator_state = checkpoint.get("samr1_sampling_rng")
 
     def configure_optimizers(self):
@@ -484,6 +472,9 @@ class GRPOModule(L.LightningModule):
         bar = {"reward/mean", "kl", "reward/mask_iou_iou"}
         for key, value in stats.items():
             self.log(f"train/{key}", value, on_step=True, prog_bar=key in bar, batch_size=1)
+        # Loggers (CSV, wandb) put rows at optimiser steps, as the terminal does, not at rollout batches.
+        position = {"step": float(self.global_step), "epoch": float(self.current_epoch)}
+        self.log_dict(position, on_step=True, batch_size=1)
 
     def logprob_temperature(self) -> float:
         return self.hparams.temperature if self.hparams.temperature > 0 else 1.0
@@ -556,6 +547,9 @@ class GRPOModule(L.LightningModule):
         results = self.evaluator.compute()  # already exact across processes
         for key, value in results.items():
             self.log(f"{prefix}/{key}", value, prog_bar=key in ("giou", "ciou"), rank_zero_only=True)
+        self.log_dict(
+            {"step": float(self.global_step), "epoch": float(self.current_epoch)}, rank_zero_only=True
+        )
         self.evaluator.reset()
         return results
 

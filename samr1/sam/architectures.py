@@ -124,6 +124,30 @@ def load_sam_checkpoint(model_type: str, checkpoint: str) -> Sam:
     state = torch.load(path, map_location="cpu", weights_only=True)
     try:
         sam.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"SAM checkpoint {path} does not match model_type {model_type!r}: {err}") from err
+    except RuntimeError:
+        # The full mismatch list runs to thousands of keys; say which sizes the file fits instead.
+        matches = matching_model_types(state)
+        hint = (
+            f"it fits model_type {' or '.join(map(repr, matches))}"
+            if matches
+            else "it fits no known model_type"
+        )
+        raise ValueError(
+            f"SAM checkpoint {path} does not match sam_model_type {model_type!r}: {hint} "
+            f"(known: {sorted(SAM_ARCHITECTURES)})"
+        ) from None
     return sam.eval()
+
+
+def matching_model_types(state: dict) -> list[str]:
+    """The SAM sizes whose image encoder has the width and depth of the state dict `state`."""
+    weight = state.get("image_encoder.patch_embed.proj.weight")
+    if not isinstance(weight, torch.Tensor):
+        return []
+    blocks = {key.split(".")[2] for key in state if key.startswith("image_encoder.blocks.")}
+    found = []
+    for name, build in SAM_ARCHITECTURES.items():
+        size = build.keywords
+        if size["encoder_embed_dim"] == weight.shape[0] and size["encoder_depth"] == len(blocks):
+            found.append(name)
+    return found
