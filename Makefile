@@ -20,8 +20,10 @@ install: $(STAMP)
 $(TINY)/manifest.json: | $(STAMP)
 	$(BIN)/samr1 tiny $(TINY) --warmup-steps 100
 
-# Train the tiny policy with GRPO on synthetic shapes (SAM-R1 rewards, tiny SAM), then test the last checkpoint.
+# Train the tiny policy with GRPO on synthetic shapes (SAM-R1 rewards, tiny SAM), then test the checkpoint
+# this fit wrote (a fit refuses a run directory that already holds another run).
 demo: $(STAMP) $(TINY)/manifest.json
+	rm -rf runs/demo  # the demo owns runs/demo: each run tests the checkpoint its own fit wrote
 	$(BIN)/samr1 fit --config configs/demo.yaml
 	$(BIN)/samr1 test --config configs/demo.yaml --ckpt_path runs/demo/checkpoints/last.ckpt
 
