@@ -18,7 +18,9 @@ _CHOICES = {
     "lr_schedule": ("constant", "cosine", "linear"),
     "aggregation": ("token", "sequence", "fixed"),
     "advantage_scale": ("group", "batch", "none"),
-    "dtype": ("float32", "bfloat16", "float16"),
+    "param_dtype": ("float32", "bfloat16", "float16"),
+    "compute_dtype": ("float32", "bfloat16", "float16"),
+    "dtype": (None, "float32", "bfloat16", "float16"),  # deprecated alias of compute_dtype; None: unset
     "sam_backend": ("segment_anything", "sam2"),
     "image_resample": ("bicubic", "bilinear"),
 }
@@ -95,7 +97,8 @@ def check_module_options(options: Mapping[str, Any]) -> None:
         raise OptionError(f"adam_betas must be two numbers in [0, 1), got {betas!r}")
     for name, choices in _CHOICES.items():
         if name in o and o[name] not in choices:
-            raise OptionError(f"{name} must be one of {list(choices)}, got {o[name]!r}")
+            named = [c for c in choices if c is not None]
+            raise OptionError(f"{name} must be one of {named}, got {o[name]!r}")
     if o.get("sam_checkpoint") is not None and o.get("sam_backend") == "segment_anything":
         from samr1.sam.architectures import SAM_ARCHITECTURES
 
