@@ -12,6 +12,7 @@ import torch
 
 AdvantageScale = Literal["group", "batch", "none"]
 LossAggregation = Literal["token", "sequence", "fixed"]
+ImportanceLevel = Literal["token", "sequence"]
 
 
 def group_advantages(
@@ -110,12 +111,18 @@ def policy_loss(
     aggregation: LossAggregation = "token",
     max_length: int | None = None,
     kl_clamp: float | None = None,
+    importance_level: ImportanceLevel = "token",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped-surrogate GRPO loss with asymmetric clipping and an optional k3 KL penalty.
 
     Per token: -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A) + kl_coef * k3(ref, logp),
-    with ratio = exp(logp - old), reduced by `aggregate(..., aggregation, max_length)` ("fixed" needs
-    `max_length`). `kl_clamp` clamps each token's k3 to [-kl_clamp, kl_clamp] (Seg-Zero: 10; None: off).
+    reduced by `aggregate(..., aggregation, max_length)` ("fixed" needs `max_length`). `kl_clamp` clamps
+    each token's k3 to [-kl_clamp, kl_clamp] (Seg-Zero: 10; None: off).
+    `importance_level="token"` (GRPO): ratio = exp(logp - old) of each token.
+    `"sequence"` (GSPO): every token of sequence i carries the sequence's ratio
+    s_i = exp(mean over its completion tokens of (logp - old)), clipped per sequence, with the gradient of
+    sg[s_i] * p(y_it) / sg[p(y_it)], i.e. s_i times each token's log-prob gradient (GSPO-token; the same
+    gradient as TRL's `importance_sampling_level="sequence"`); clip fractions then count sequences.
     Shapes: logprobs, old_logprobs, ref_logprobs, mask [N, T]; advantages [N].
     Returns the scalar loss and detached metrics (kl, clip fractions, mean ratio).
     """
@@ -130,7 +137,7 @@ def policy_loss(
         raise ValueError("kl_coef > 0 needs ref_logprobs (the reference model's token log-probs)")
     mask_f = mask.to(logprobs.dtype)
     adv = advantages.to(logprobs.dtype).unsqueeze(1)
-    ratio = torch.exp(logprobs - old_logprobs)
+    ratio = importance_ratio(logprobs, old_logprobs, mask_f, importance_level)
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     per_token = -torch.minimum(ratio * adv, clipped * adv)
     metrics: dict[str, torch.Tensor] = {}
@@ -144,7 +151,24 @@ def policy_loss(
         # A token is clipped when the clipped branch is the one the min picked and it differs from the ratio.
         low = ((ratio < 1.0 - clip_low) & (adv < 0)).to(logprobs.dtype)
         high = ((ratio > 1.0 + clip_high) & (adv > 0)).to(logprobs.dtype)
-        metrics["clip_frac_low"] = aggregate(low, mask_f, "token")
-        metrics["clip_frac_high"] = aggregate(high, mask_f, "token")
-        metrics["ratio_mean"] = aggregate(ratio.detach(), mask_f, "token")
+        # Sequence level: one ratio per sequence, so count (and average) sequences, not tokens.
+        unit = "token" if importance_level == "token" else "sequence"
+        metrics["clip_frac_low"] = aggregate(low, mask_f, unit)
+        metrics["clip_frac_high"] = aggregate(high, mask_f, unit)
+        metrics["ratio_mean"] = aggregate(ratio.detach(), mask_f, unit)
     return loss, metrics
+
+
+def importance_ratio(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor, level: ImportanceLevel
+) -> torch.Tensor:
+    """Per-token importance ratios [N, T]: exp(logp - old) ("token"), or each sequence's
+    exp(mean log-ratio) at every position, differentiable as sg[s_i] * exp(logp - sg[logp]) ("sequence")."""
+    log_ratio = logprobs - old_logprobs
+    if level == "token":
+        return torch.exp(log_ratio)
+    if level == "sequence":
+        mask = mask.to(log_ratio.dtype)
+        seq = (log_ratio * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+        return torch.exp(seq.detach() + logprobs - logprobs.detach())
+    raise ValueError(f"unknown importance_level {level!r}; use 'token' or 'sequence'")

@@ -28,7 +28,7 @@ from samr1.modules.evaluation import (
     evaluate_samples,
     summary_table,
 )
-from samr1.modules.grpo import AdvantageScale, LossAggregation, group_advantages
+from samr1.modules.grpo import AdvantageScale, ImportanceLevel, LossAggregation, group_advantages
 from samr1.modules.logprobs import completion_logprobs
 from samr1.modules.options import apply_optimizer_options, check_module_options, check_stage_options
 from samr1.modules.prompting import PromptBatch, PromptBuilder, resolve_prompt
@@ -87,6 +87,10 @@ class GRPOModule(L.LightningModule):
         aggregation: how token terms become the loss: token (DAPO, SAM-R1: one mean over all tokens),
             sequence (GRPO, Seg-Zero: mean of per-sequence means) or fixed (Dr. GRPO: sum / (N x
             max_new_tokens), a constant).
+        importance_level: "token": one importance ratio per token (GRPO); "sequence": GSPO's ratio per
+            sequence, exp(mean token log-ratio), clipped per sequence and applied to all its tokens (GSPO
+            uses much tighter clip ranges, e.g. clip_low 3e-4, clip_high 4e-4). Acts only when the policy
+            moves between sampling and update (num_iterations > 1 or several mini-batches).
         advantage_scale: group (reward minus group mean, over group std), batch (over the batch std) or none
             (Dr. GRPO: centred only).
         entropy_coef: entropy bonus coefficient (subtracted from the loss; 0: off).
@@ -149,6 +153,7 @@ class GRPOModule(L.LightningModule):
         kl_coef: float = 0.0,
         kl_clamp: float | None = None,
         aggregation: LossAggregation = "token",
+        importance_level: ImportanceLevel = "token",
         advantage_scale: AdvantageScale = "group",
         entropy_coef: float = 0.0,
         param_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
@@ -175,6 +180,8 @@ class GRPOModule(L.LightningModule):
         check_module_options(locals())  # every option's range, by name, before anything loads (options.py)
         AnswerSegmenter(None, mask_selection)  # fails at start on an unknown mask_selection
         resolve_prompt(prompt_template)  # ... and on a template that is neither a preset nor fillable
+        if importance_level not in ("token", "sequence"):
+            raise ValueError(f"importance_level must be 'token' or 'sequence', got {importance_level!r}")
         check_model_path(model_path)
         if sam_checkpoint is not None:
             from pathlib import Path

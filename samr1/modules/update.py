@@ -103,6 +103,7 @@ def micro_batch_loss(module, batch: UpdateBatch, micro: torch.Tensor):
         aggregation=hp.aggregation,
         max_length=hp.max_new_tokens,
         kl_clamp=hp.kl_clamp,
+        importance_level=hp.importance_level,
     )
     if hp.entropy_coef:
         loss = loss - hp.entropy_coef * aggregate(entropy, mask_t, hp.aggregation, hp.max_new_tokens)
