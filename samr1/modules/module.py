@@ -21,6 +21,7 @@ from samr1.models.qwen2_5_vl.loading import check_model_path, load_policy, load_
 from samr1.models.qwen2_5_vl.lora import add_lora, is_peft
 from samr1.models.qwen2_5_vl.prefix_cache import image_features
 from samr1.models.qwen2_5_vl.sharding import check_strategy, shard_policy
+from samr1.modules.dynamic_sampling import GroupPool, ScoredRound, restore_reward_details, reward_details
 from samr1.modules.evaluation import (
     Evaluator,
     SampleResult,
@@ -93,6 +94,12 @@ class GRPOModule(L.LightningModule):
             moves between sampling and update (num_iterations > 1 or several mini-batches).
         advantage_scale: group (reward minus group mean, over group std), batch (over the batch std) or none
             (Dr. GRPO: centred only).
+        dynamic_sampling: DAPO's dynamic sampling: groups whose rewards are all equal are dropped and the
+            data stream's next batches are rolled out until a batch (data.batch_size prompts) of informative
+            groups is gathered; only then does the policy update, so one update may consume several data
+            batches (count the schedule in trainer.max_steps). Checkpoints fall on updates and resume exactly.
+        max_resample_rounds: with dynamic_sampling, at most this many extra batches per update; when they run
+            out (or the epoch ends) the batch is topped up with flat groups.
         entropy_coef: entropy bonus coefficient (subtracted from the loss; 0: off).
         param_dtype: storage dtype of the trainable policy weights, their gradients and AdamW state (master
             weights). Keep float32: bfloat16 or float16 storage rounds small updates away (at lr 1e-6 one
@@ -155,6 +162,8 @@ class GRPOModule(L.LightningModule):
         aggregation: LossAggregation = "token",
         importance_level: ImportanceLevel = "token",
         advantage_scale: AdvantageScale = "group",
+        dynamic_sampling: bool = False,
+        max_resample_rounds: int = 4,
         entropy_coef: float = 0.0,
         param_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
@@ -180,6 +189,8 @@ class GRPOModule(L.LightningModule):
         check_module_options(locals())  # every option's range, by name, before anything loads (options.py)
         AnswerSegmenter(None, mask_selection)  # fails at start on an unknown mask_selection
         resolve_prompt(prompt_template)  # ... and on a template that is neither a preset nor fillable
+        if max_resample_rounds < 0:
+            raise ValueError(f"max_resample_rounds must be at least 0, got {max_resample_rounds}")
         if importance_level not in ("token", "sequence"):
             raise ValueError(f"importance_level must be 'token' or 'sequence', got {importance_level!r}")
         check_model_path(model_path)
@@ -207,7 +218,8 @@ class GRPOModule(L.LightningModule):
         self._frozen: dict[str, ReferenceModel | AdapterDisabledReference] = {}
         self.evaluator = Evaluator([r.name for r in self.rewards], tuple(eval_groups), eval_multi_object)
         self.generator: torch.Generator | None = None
-        self.last_step: StepRecord | None = None
+        self.last_step: StepRecord | None = None  # None after a batch that only added to the group pool
+        self.group_pool: GroupPool | None = None
         self._restored_generator_state: torch.Tensor | None = None
 
     # ---------------------------------------------------------------- set-up
@@ -285,6 +297,10 @@ class GRPOModule(L.LightningModule):
         if self._restored_generator_state is not None:  # a resumed run continues the same random stream
             self.generator.set_state(self._restored_generator_state.to(self.generator.get_state().device))
             self._restored_generator_state = None
+        if self.hparams.dynamic_sampling:
+            self.group_pool = GroupPool(
+                self.hparams.max_resample_rounds, self.processor.tokenizer.pad_token_id
+            )
 
     def on_fit_end(self) -> None:
         if self.hparams.export_dir and self.trainer.is_global_zero:
@@ -369,7 +385,8 @@ class GRPOModule(L.LightningModule):
 
     def training_step(self, batch: list[SegSample], batch_idx: int) -> None:
         hp = self.hparams
-        timer = PhaseTimer()
+        # With dynamic sampling one update spans the rounds gathered in the pool: time them all.
+        timer = self.group_pool.timer if self.group_pool is not None else PhaseTimer()
         with timer("generation"):
             # 1. prompts; a frozen vision tower encodes each image once for every pass of the step
             prompts = self.prompts(batch)
@@ -380,9 +397,21 @@ class GRPOModule(L.LightningModule):
             ):
                 rollouts = self.rollout(prompts, hp.group_size, hp.temperature, hp.max_new_tokens, features)
         with timer("reward"):
-            # 3. rewards, then group-relative advantages
+            # 3. rewards; with dynamic sampling, flat groups are dropped and the next batches fill the batch;
+            # then group-relative advantages
             samples = [prompts.samples[i] for i in rollouts.prompt_index.tolist()]
             total, per_reward = score_completions(self.rewards, rollouts.texts, samples)
+            sampling_stats: dict[str, float] = {}
+            if self.group_pool is not None:
+                pooled = self.pool_groups(
+                    ScoredRound(prompts, features, rollouts, total, per_reward, {}, None)
+                )
+                if pooled is None:
+                    self.last_step = None
+                    return  # the data stream's next batch is the next resample round
+                scored, sampling_stats = pooled
+                prompts, features, rollouts = scored.prompts, scored.features, scored.rollouts
+                total, per_reward = scored.total, scored.per_reward
             advantages = group_advantages(total, hp.group_size, hp.advantage_scale).to(self.device)
         with timer("logprobs"):
             # 4. log-probs of the sampling policy (when it will move) and of the reference (KL)
@@ -399,6 +428,7 @@ class GRPOModule(L.LightningModule):
                     update_stats = update_policy(self, update_batch)
         # 6. log, and keep a typed record of the step for callbacks
         stats = self.step_statistics(rollouts, total, per_reward, advantages, update_stats, timer.seconds)
+        stats.update(sampling_stats)
         self._log_train(stats)
         self.last_step = StepRecord(
             step=self.global_step,
@@ -411,6 +441,28 @@ class GRPOModule(L.LightningModule):
             masks=next((r.last_masks for r in self.rewards if r.last_masks is not None), None),
             stats=stats,
         )
+
+    def pool_groups(self, scored: ScoredRound) -> tuple[ScoredRound, dict[str, float]] | None:
+        """Add a scored round to the dynamic-sampling pool; the pooled batch and its statistics once the pool
+        is full on every process (or the rounds or the epoch ran out), else None."""
+        scored.details, scored.masks = reward_details(self.rewards, len(scored.rollouts))
+        pool = self.group_pool
+        pool.add(scored)
+        last_batch = (
+            self._trainer is not None and self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        )
+        if pool.rounds_left and not last_batch and not self._on_every_rank(pool.full):
+            return None
+        batch, stats = pool.take()
+        restore_reward_details(self.rewards, batch)
+        return batch, stats
+
+    def _on_every_rank(self, flag: bool) -> bool:
+        """`flag` held on every process (processes must agree on when to update: the update synchronises)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return flag
+        value = torch.tensor(float(flag), device=self.device)
+        return bool(self.trainer.strategy.reduce(value, reduce_op="min").item())
 
     def frozen_image_features(self, prompts: PromptBatch) -> list[torch.Tensor] | None:
         if not self.hparams.freeze_vision:

@@ -34,7 +34,7 @@ def batch(tiny_checkpoints):
 def _module(model, **hparams):
     defaults = dict(
         clip_low=0.2, clip_high=0.3, kl_coef=0.0, kl_clamp=None, aggregation="fixed", entropy_coef=0.0,
-        max_new_tokens=12,
+        max_new_tokens=12, importance_level="token",
     )  # fmt: skip
     return SimpleNamespace(
         hparams=SimpleNamespace(**{**defaults, **hparams}), policy=model, logprob_temperature=lambda: 1.0
