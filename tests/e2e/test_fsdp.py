@@ -114,8 +114,9 @@ def test_sharded_checkpoint_tests_and_exports_on_one_process(sharded_run, tiny_c
 
     ckpt = sharded_run["root"] / "fit" / "step=6.ckpt"
     state = policy_state(ckpt)
-    # The model's settings (policy, SAM, predictions_path, ...) come from the checkpoint's hyper-parameters.
-    args = ["test", "--ckpt_path", str(ckpt)]
+    # The model's settings (policy, SAM, predictions_path, ...) come from the checkpoint's hyper-parameters,
+    # which `--ckpt_path` alone never does (samr1/cli.py): ask for them.
+    args = ["test", "--ckpt_path", str(ckpt), "--hparams_from_ckpt", "true"]
     args += ["--data", "samr1.datamodules.SyntheticShapesDataModule", "--data.image_size", "56"]
     args += ["--data.num_test", "3", "--data.eval_batch_size", "3"]
     args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.logger", "false"]
