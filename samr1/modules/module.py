@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from samr1.answer import parse_answer
 from samr1.dtypes import autocast, precision_warnings, resolve_precision
 from samr1.models.qwen2_5_vl.checkpoint import save_pretrained
+from samr1.models.qwen2_5_vl.checkpointing import enable_activation_checkpointing
 from samr1.models.qwen2_5_vl.loading import check_model_path, load_policy, load_processor, special_token_ids
 from samr1.models.qwen2_5_vl.lora import add_lora, is_peft
 from samr1.models.qwen2_5_vl.prefix_cache import image_features
@@ -111,7 +112,8 @@ class GRPOModule(L.LightningModule):
         dtype: deprecated alias of compute_dtype (it used to set the storage dtype too).
         attn_implementation: transformers attention kernel of the policy (sdpa, eager, flash_attention_2).
         freeze_vision: keep the vision tower frozen (its features are then computed once per step).
-        gradient_checkpointing: recompute activations in the backward pass to save memory.
+        gradient_checkpointing: recompute activations in the backward pass to save memory (decoder layers keep
+            the shared prompt KV cache; vision blocks too when the vision tower trains).
         lora_rank: LoRA adapters of this rank on the language model (0: full fine-tuning); the reference is
             then the policy with adapters disabled.
         lora_alpha: LoRA scaling numerator (the update is scaled by alpha / rank).
@@ -232,10 +234,13 @@ class GRPOModule(L.LightningModule):
         if hp.freeze_vision:
             self.policy.model.visual.requires_grad_(False)
         if hp.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # Not Hugging Face's gradient_checkpointing_enable: its decoder layers drop the shared-prefix cache.
+            enable_activation_checkpointing(self.policy)
         if hp.lora_rank > 0:
             self.policy = add_lora(self.policy, hp.lora_rank, hp.lora_alpha, hp.lora_dropout)
         if self.device_mesh is not None:  # ModelParallelStrategy: shard with FSDP2 (see sharding.py)
+            # Checkpointing is on already (above) and idempotent; it lives inside each layer's forward, so
+            # FSDP2's gather hooks stay outside it.
             shard_policy(self.policy, self.device_mesh, hp.compute_dtype, hp.gradient_checkpointing)
         self.processor = load_processor(hp.model_path)
         self.prompt_builder = PromptBuilder(

@@ -32,6 +32,7 @@ import functools
 import torch
 
 from samr1.dtypes import resolve_dtype
+from samr1.models.qwen2_5_vl.checkpointing import enable_activation_checkpointing
 from samr1.models.qwen2_5_vl.prefix_cache import unwrap
 
 
@@ -78,8 +79,8 @@ def shard_policy(model, device_mesh, dtype: str = "bfloat16", activation_checkpo
     """Shard a Qwen2.5-VL model in place (see the module docstring for the units); returns `model`.
 
     `dtype` is the compute dtype: parameters keep their own dtype (float32 master weights) and are
-    all-gathered in `dtype`; gradients reduce in float32. `activation_checkpointing` turns on the model's own
-    gradient checkpointing before sharding.
+    all-gathered in `dtype`; gradients reduce in float32. `activation_checkpointing` turns on samr1's cache-preserving
+    activation checkpointing (checkpointing.py) before sharding.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -87,8 +88,8 @@ def shard_policy(model, device_mesh, dtype: str = "bfloat16", activation_checkpo
     mesh = _data_parallel_mesh(device_mesh)
     compute = resolve_dtype(dtype)
     policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
-    if activation_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if activation_checkpointing:  # samr1's, which keeps the shared-prefix cache (checkpointing.py)
+        enable_activation_checkpointing(base)
     visual, decoder = base.model.visual, base.model.language_model
     embed, lm_head = decoder.get_input_embeddings(), base.lm_head
 
