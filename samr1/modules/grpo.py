@@ -63,20 +63,27 @@ def aggregate(
     mask: torch.Tensor,
     aggregation: LossAggregation,
     max_length: int | None = None,
+    normaliser: float | None = None,
 ) -> torch.Tensor:
     """Reduce per-token `values` [N, T] over the completion `mask` [N, T] to a scalar.
 
     "token": one mean over every masked token (DAPO, SAM-R1); "sequence": mean per sequence, then over
     sequences (GRPO); "fixed": sum / (N * max_length) (Dr. GRPO: a constant, the maximum completion length,
     so the scale of the loss does not change with the batch's longest completion; T <= max_length).
+
+    `normaliser` replaces this batch's own count of the mean's units (`aggregation_units`: masked tokens for
+    "token", sequences N for "sequence" and "fixed"): with the count of a larger batch (every micro-batch of
+    every process) the result is this part's share of that batch's mean, and the shares add up to it.
     """
+    if normaliser is not None and not normaliser > 0:
+        raise ValueError(f"normaliser must be a positive count of {aggregation} units, got {normaliser}")
     mask = mask.to(values.dtype)
     masked = values * mask
     if aggregation == "token":
-        return masked.sum() / mask.sum().clamp(min=1.0)
+        return masked.sum() / (mask.sum().clamp(min=1.0) if normaliser is None else normaliser)
     if aggregation == "sequence":
         per_seq = masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        return per_seq.mean()
+        return per_seq.mean() if normaliser is None else per_seq.sum() / normaliser
     if aggregation == "fixed":
         if max_length is None or max_length < 1:
             raise ValueError(
@@ -85,14 +92,14 @@ def aggregate(
             )
         if values.shape[1] > max_length:
             raise ValueError(f"completions of {values.shape[1]} tokens exceed max_length {max_length}")
-        return masked.sum() / (values.shape[0] * max_length)
+        return masked.sum() / ((values.shape[0] if normaliser is None else normaliser) * max_length)
     raise ValueError(f"unknown aggregation {aggregation!r}; use 'token', 'sequence' or 'fixed'")
 
 
 def aggregation_units(mask: torch.Tensor, aggregation: LossAggregation) -> float:
     """What `aggregate` divides a batch's summed loss by, up to a constant: its masked tokens ("token")
-    or its sequences ("sequence", "fixed"). Weighting micro-batch losses by their share of these units makes
-    gradient accumulation equal one pass over the whole mini-batch."""
+    or its sequences ("sequence", "fixed"). Weighting micro-batch losses by their share of these units, or
+    passing the whole batch's units as `normaliser`, makes gradient accumulation equal one pass over it."""
     if aggregation == "token":
         return float(mask.sum().clamp(min=1.0))
     return float(mask.shape[0])
@@ -112,6 +119,7 @@ def policy_loss(
     max_length: int | None = None,
     kl_clamp: float | None = None,
     importance_level: ImportanceLevel = "token",
+    normaliser: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped-surrogate GRPO loss with asymmetric clipping and an optional k3 KL penalty.
 
@@ -123,6 +131,9 @@ def policy_loss(
     s_i = exp(mean over its completion tokens of (logp - old)), clipped per sequence, with the gradient of
     sg[s_i] * p(y_it) / sg[p(y_it)], i.e. s_i times each token's log-prob gradient (GSPO-token; the same
     gradient as TRL's `importance_sampling_level="sequence"`); clip fractions then count sequences.
+    `normaliser`: the count of units the loss is a mean over (see `aggregate`); default this batch's own. The
+    trainer passes the global mini-batch's count, so the loss of a micro-batch on one process is its share of
+    one mean over every process's completions. The metrics stay means over this batch's tokens.
     Shapes: logprobs, old_logprobs, ref_logprobs, mask [N, T]; advantages [N].
     Returns the scalar loss and detached metrics (kl, clip fractions, mean ratio).
     """
@@ -146,7 +157,7 @@ def policy_loss(
         if kl_coef > 0:
             per_token = per_token + kl_coef * kl
         metrics["kl"] = aggregate(kl.detach(), mask_f, "token")
-    loss = aggregate(per_token, mask_f, aggregation, max_length)
+    loss = aggregate(per_token, mask_f, aggregation, max_length, normaliser)
     with torch.no_grad():
         # A token is clipped when the clipped branch is the one the min picked and it differs from the ratio.
         low = ((ratio < 1.0 - clip_low) & (adv < 0)).to(logprobs.dtype)

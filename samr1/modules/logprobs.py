@@ -17,7 +17,9 @@ from samr1.modules.prompting import PromptBatch
 def _chunk_logprobs(
     hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = lm_head(hidden).float()
+    logits = lm_head(hidden)
+    if logits.dtype in (torch.float16, torch.bfloat16):  # log-softmax over the vocabulary in float32 at least
+        logits = logits.float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)
