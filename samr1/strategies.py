@@ -12,6 +12,11 @@ default is what samr1 needs:
   (4 bytes per parameter + 8 per trainable one: 94 GB for Qwen2.5-VL-7B with its vision tower frozen). Set `save_distributed_checkpoint: true` to write shards
   instead: such a folder resumes a sharded run (`fit --ckpt_path`), but `samr1 test` / `samr1 export` on
   one process read only the full file.
+- Gradients are reduced once per optimiser step, in the backward of a mini-batch's last micro-batch
+  (samr1.modules.update.gradient_sync). Until then each process keeps the unsharded float32 gradient of every
+  trainable parameter (4 bytes each: 30 GB for Qwen2.5-VL-7B's decoder). `reduce_every_micro_batch: true`
+  reduce-scatters after every micro-batch instead: gradients stay sharded, at one reduce-scatter of the
+  gradients per micro-batch instead of per step.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     Args:
         save_distributed_checkpoint: write per-rank shards instead of one full checkpoint file (see above).
+        reduce_every_micro_batch: reduce-scatter gradients after every micro-batch (sharded gradient
+            accumulation, less memory) instead of once per optimiser step (less communication; see above).
         process_group_backend: "nccl" on GPUs, "gloo" on CPUs (default: chosen from the device).
         timeout: collective timeout.
     """
@@ -34,6 +41,7 @@ class FSDP2Strategy(ModelParallelStrategy):
     def __init__(
         self,
         save_distributed_checkpoint: bool = False,
+        reduce_every_micro_batch: bool = False,
         process_group_backend: str | None = None,
         timeout: timedelta | None = default_pg_timeout,
     ) -> None:
@@ -44,6 +52,7 @@ class FSDP2Strategy(ModelParallelStrategy):
             process_group_backend=process_group_backend,
             timeout=timeout,
         )
+        self.reduce_every_micro_batch = reduce_every_micro_batch
 
     def setup_environment(self) -> None:
         # "auto" would mean the number of nodes; samr1 puts every process in the data-parallel dimension.

@@ -140,17 +140,20 @@ def gradient_sync(module, enabled: bool) -> None:
 
     Off for every micro-batch but the last of a mini-batch, so gradients are reduced once per optimiser step:
     DDP (`require_backward_grad_sync`, what `no_sync()` toggles; Lightning's manual backward honours it) and
-    FSDP2 (`set_requires_gradient_sync` on every sharded module). Cost under FSDP2: until the reducing
-    backward each process keeps the unsharded float32 gradient of every trainable parameter (4 bytes x
-    parameters; use one micro-batch per mini-batch where that does not fit). No-op in one process.
+    FSDP2 (`set_requires_gradient_sync` on every sharded module). Under FSDP2 each process then keeps the
+    unsharded float32 gradient of every trainable parameter until the reducing backward; a strategy with
+    `reduce_every_micro_batch` set (samr1.strategies.FSDP2Strategy) keeps reducing every micro-batch instead.
+    No-op in one process.
     """
     trainer = getattr(module, "_trainer", None)
-    wrapped = getattr(trainer.strategy, "model", None) if trainer is not None else None
+    strategy = trainer.strategy if trainer is not None else None
+    wrapped = getattr(strategy, "model", None)
     if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
         wrapped.require_backward_grad_sync = enabled
         return
     from torch.distributed.fsdp import FSDPModule
 
+    enabled = enabled or bool(getattr(strategy, "reduce_every_micro_batch", False))
     for sub in module.policy.modules():
         if isinstance(sub, FSDPModule):
             sub.set_requires_gradient_sync(enabled, recurse=False)
