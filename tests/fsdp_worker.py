@@ -81,6 +81,39 @@ class LossHistory(L.Callback):
         self.grad_norms.append(float(trainer.callback_metrics["train/grad_norm"]))
 
 
+class CountedReductions:
+    """Counts FSDP2's gradient reductions (torch's private `foreach_reduce`, one call per unit and backward
+    use) by whether samr1's `gradient_sync` had turned sync on for that micro-batch."""
+
+    def __init__(self) -> None:
+        from torch.distributed.fsdp._fully_shard import _fsdp_param_group
+
+        import samr1.modules.update as update
+
+        self.targets = [(_fsdp_param_group, "foreach_reduce"), (update, "gradient_sync")]
+        self.sync, self.counts = True, {True: 0, False: 0}
+
+    def __enter__(self):
+        self.originals = [getattr(module, name) for module, name in self.targets]
+        reduce, sync = self.originals
+
+        def counted_reduce(*args, **kwargs):
+            self.counts[self.sync] += 1
+            return reduce(*args, **kwargs)
+
+        def recorded_sync(module, enabled):
+            self.sync = enabled
+            return sync(module, enabled)
+
+        for (module, name), new in zip(self.targets, (counted_reduce, recorded_sync)):
+            setattr(module, name, new)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for (module, name), original in zip(self.targets, self.originals):
+            setattr(module, name, original)
+
+
 def fit(
     policy: str, sam: str, root: Path, strategy, devices: int, batch_size: int, ckpt_path: str | None = None
 ):
@@ -113,8 +146,14 @@ def fit(
         callbacks=[history, checkpoint],
         default_root_dir=root,
     )
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    return {"losses": history.losses, "grad_norms": history.grad_norms}
+    with CountedReductions() as reductions:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    return {
+        "losses": history.losses,
+        "grad_norms": history.grad_norms,
+        "reductions_synced": reductions.counts[True],
+        "reductions_unsynced": reductions.counts[False],
+    }
 
 
 def pieces(policy: str, rank: int) -> dict:

@@ -149,3 +149,51 @@ def test_weighted_micro_batches_equal_one_pass(aggregation):
         (grad,) = torch.autograd.grad(part * aggregation_units(mask[rows], aggregation) / total, logp)
         accumulated += grad
     torch.testing.assert_close(accumulated, full_grad)
+
+
+@pytest.mark.parametrize(
+    "aggregation, expected",
+    [
+        # normaliser 10: the count of the global batch this one is part of (tokens, or sequences).
+        ("token", (sum(ROW0) + sum(ROW1)) / 10),
+        ("sequence", (sum(ROW0) / 3 + sum(ROW1) / 2) / 10),
+        ("fixed", (sum(ROW0) + sum(ROW1)) / (10 * 8)),
+    ],
+)
+def test_policy_loss_normaliser_is_the_global_count(aggregation, expected):
+    loss, metrics = policy_loss(LOGP, OLD, ADV, MASK, aggregation=aggregation, max_length=8, normaliser=10)
+    assert loss.item() == pytest.approx(expected, abs=1e-7)
+    assert metrics["clip_frac_high"].item() == pytest.approx(1 / 5)  # metrics stay this batch's own means
+
+
+def test_policy_loss_normaliser_must_be_positive():
+    with pytest.raises(ValueError, match="normaliser must be a positive count of token units, got 0"):
+        policy_loss(LOGP, OLD, ADV, MASK, normaliser=0)
+
+
+@pytest.mark.parametrize("aggregation", ["token", "sequence", "fixed"])
+def test_shares_of_a_global_normaliser_add_up_to_one_pass(aggregation):
+    # What each process does: every part's loss divided by the whole batch's units; the gradients add up.
+    g = torch.Generator().manual_seed(1)
+    logp = torch.randn(6, 5, generator=g).requires_grad_(True)
+    old = logp.detach() + 0.1 * torch.randn(6, 5, generator=g)
+    adv = torch.randn(6, generator=g)
+    mask = (torch.rand(6, 5, generator=g) > 0.3).long()
+    full, _ = policy_loss(logp, old, adv, mask, aggregation=aggregation, max_length=5)
+    (full_grad,) = torch.autograd.grad(full, logp)
+    total = aggregation_units(mask, aggregation)
+    parts, accumulated = 0.0, torch.zeros_like(logp)
+    for rows in (slice(0, 1), slice(1, 5), slice(5, 6)):
+        part, _ = policy_loss(
+            logp[rows],
+            old[rows],
+            adv[rows],
+            mask[rows],
+            aggregation=aggregation,
+            max_length=5,
+            normaliser=total,
+        )
+        (grad,) = torch.autograd.grad(part, logp)
+        parts, accumulated = parts + part.item(), accumulated + grad
+    assert parts == pytest.approx(full.item(), abs=1e-6)
+    torch.testing.assert_close(accumulated, full_grad)
