@@ -2,8 +2,8 @@
 
 1. pieces: for an untied and a tied tiny Qwen2.5-VL, the sharded policy's rollouts, log-probs and gradients
    equal the unsharded model's, and a rollout all-gathers each unit once (not once per token);
-2. fit: GRPO with samr1.strategies.FSDP2Strategy (configs/strategy/fsdp_cpu.yaml's settings), a full
-   checkpoint every step, the losses written to losses_fit.json;
+2. fit: GRPO with samr1.strategies.FSDP2Strategy (configs/strategy/fsdp_cpu.yaml's settings) and activation
+   checkpointing (as the GPU recipes), a full checkpoint every step, the losses written to losses_fit.json;
 3. resume: `fit(ckpt_path=<step 2>)` to the same max_steps, losses to losses_resume.json.
 Rank 0 writes results to --out.
 """
@@ -115,7 +115,14 @@ class CountedReductions:
 
 
 def fit(
-    policy: str, sam: str, root: Path, strategy, devices: int, batch_size: int, ckpt_path: str | None = None
+    policy: str,
+    sam: str,
+    root: Path,
+    strategy,
+    devices: int,
+    batch_size: int,
+    ckpt_path: str | None = None,
+    gradient_checkpointing: bool = False,
 ):
     """One GRPO fit of MAX_STEPS optimiser steps; a full checkpoint after every step; {losses, grad_norms}."""
     L.seed_everything(0)
@@ -126,6 +133,7 @@ def fit(
         sam_model_type="vit_tiny",
         predictions_path=str(root / "test_predictions.jsonl"),
         rewards=[DigitShareReward()],
+        gradient_checkpointing=gradient_checkpointing,
         **SETTINGS,
     )
     data = SyntheticShapesDataModule(
@@ -241,7 +249,8 @@ def main() -> None:
     # configs/strategy/fsdp_cpu.yaml's strategy; one prompt per process.
     for name, resume_from in (("fit", None), ("resume", str(out / "fit" / "step=2.ckpt"))):
         strategy = FSDP2Strategy(process_group_backend="gloo")
-        results[name] = fit(args.policy, args.sam, out / name, strategy, 2, 1, resume_from)
+        # With activation checkpointing, as the GPU recipes: the one-process run it is compared with has none.
+        results[name] = fit(args.policy, args.sam, out / name, strategy, 2, 1, resume_from, True)
     if rank == 0:
         (out / "results.json").write_text(json.dumps(results, indent=2))
     dist.destroy_process_group()

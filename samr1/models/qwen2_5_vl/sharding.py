@@ -79,8 +79,8 @@ def shard_policy(model, device_mesh, dtype: str = "bfloat16", activation_checkpo
     """Shard a Qwen2.5-VL model in place (see the module docstring for the units); returns `model`.
 
     `dtype` is the compute dtype: parameters keep their own dtype (float32 master weights) and are
-    all-gathered in `dtype`; gradients reduce in float32. `activation_checkpointing` turns on samr1's cache-preserving
-    activation checkpointing (checkpointing.py) before sharding.
+    all-gathered in `dtype`; gradients reduce in float32. `activation_checkpointing` turns on samr1's
+    cache-preserving activation checkpointing (checkpointing.py) before sharding.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
