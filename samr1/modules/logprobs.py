@@ -1,6 +1,6 @@
 """Token log-probs of completions given their prompts: the expensive forward, kept in one place.
 
-Prompts are prefilled once per pass and their caches copied to their completions (see `forward.py`).
+Prompts are prefilled once per pass and their completions attend to that one cache (see `shared_prefix.py`).
 Log-softmax runs over chunks of positions under activation checkpointing, so full-vocabulary float32 logits
 are never held for every position at once.
 """
@@ -11,6 +11,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from samr1.models.qwen2_5_vl.prefix_cache import feed, model_parts, prefill
+from samr1.models.qwen2_5_vl.shared_prefix import feed_shared, share_prefix, shared_prefix_supported
 from samr1.modules.prompting import PromptBatch
 
 
@@ -67,10 +68,14 @@ def completion_logprobs(
     local = {p: i for i, p in enumerate(prompts)}
     state = prefill(model, batch, prompts, features)
     rows = torch.as_tensor([local[p] for p in prompt_index.tolist()], device=completion_ids.device)
-    state = state.select(rows)
+    # Every row reads its prompt's one cache (shared-prefix attention); other attention kernels copy it.
+    if shared_prefix_supported(model):
+        state, step = share_prefix(model, state, rows), feed_shared
+    else:
+        state, step = state.select(rows), feed
     first = state.last_hidden.unsqueeze(1)
     if completion_ids.shape[1] > 1:
-        rest = feed(model, state, completion_ids[:, :-1])
+        rest = step(model, state, completion_ids[:, :-1])
         hidden = torch.cat([first, rest], dim=1)
     else:
         hidden = first

@@ -9,6 +9,7 @@ import torch
 
 from samr1.models.qwen2_5_vl.prefix_cache import feed, model_parts, prefill
 from samr1.models.qwen2_5_vl.sharding import gathers_weights
+from samr1.models.qwen2_5_vl.shared_prefix import feed_shared, share_prefix, shared_prefix_supported
 from samr1.modules.prompting import PromptBatch
 
 
@@ -81,7 +82,7 @@ def generate_rollouts(
     features: list[torch.Tensor] | None = None,
     repetition_penalty: float = 1.0,
 ) -> Rollouts:
-    """Prefill each prompt once, copy its cache to its `group_size` continuations, and decode them together.
+    """Prefill each prompt once and decode its `group_size` continuations together, all reading its one cache.
 
     `banned_token_ids` (vision special tokens, ids past the tokenizer) can never be sampled. Decoding stops
     when every sequence has produced an EOS or after `max_new_tokens`. `features` reuses precomputed
@@ -95,7 +96,11 @@ def generate_rollouts(
     device = batch.input_ids.device
     state = prefill(model, batch, features=features)
     rows = torch.arange(len(batch), device=device).repeat_interleave(group_size)
-    state = state.select(rows, reserve=max_new_tokens)
+    # The rows share their prompt's cache (shared-prefix attention); other attention kernels copy it per row.
+    if shared_prefix_supported(model):
+        state, advance = share_prefix(model, state, rows, reserve=max_new_tokens), feed_shared
+    else:
+        state, advance = state.select(rows, reserve=max_new_tokens), feed
     n = rows.numel()
     banned = torch.as_tensor(list(banned_token_ids), dtype=torch.long, device=device)
     eos = torch.as_tensor(eos_token_ids, dtype=torch.long, device=device)
@@ -119,7 +124,7 @@ def generate_rollouts(
         finished |= torch.isin(nxt, eos)
         if bool(finished.all()) or step == max_new_tokens - 1:
             break
-        hidden = feed(model, state, nxt.unsqueeze(1))[:, -1]
+        hidden = advance(model, state, nxt.unsqueeze(1))[:, -1]
     ids = torch.stack(tokens, dim=1)
     is_eos = torch.isin(ids, eos)
     # Completion tokens: everything up to and including the first EOS.

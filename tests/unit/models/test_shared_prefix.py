@@ -1,0 +1,116 @@
+"""Shared-prefix attention equals attention over each row's own copy of its prompt's cache: the attention
+alone (values and gradients, GQA, left padding, irregular rows), and decoding through the tiny policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from samr1.models.qwen2_5_vl.loading import load_policy, load_processor
+from samr1.models.qwen2_5_vl.prefix_cache import feed, model_parts, prefill
+from samr1.models.qwen2_5_vl.shared_prefix import (
+    SharedPrefix,
+    enable_shared_prefix,
+    feed_shared,
+    prefix_suffix_attention,
+    share_prefix,
+)
+from samr1.modules.prompting import PromptBuilder
+from samr1.sample import SegSample
+
+
+def reference_attention(q, k, v, kp, vp, prefix_mask, rows):
+    """SDPA over [the row's copy of its prompt's keys; its own keys], padding and the future masked."""
+    n, hq, t, _ = q.shape
+    s = k.shape[2]
+    keys = torch.cat([kp[rows], k], dim=2).repeat_interleave(hq // k.shape[1], dim=1)
+    values = torch.cat([vp[rows], v], dim=2).repeat_interleave(hq // k.shape[1], dim=1)
+    causal = torch.ones(t, s, dtype=torch.bool).tril(diagonal=s - t)
+    allowed = torch.cat([prefix_mask[rows][:, None, :].expand(n, t, -1), causal.expand(n, t, s)], dim=-1)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed.unsqueeze(1))
+
+
+@pytest.mark.parametrize(
+    "rows, t, s",
+    [
+        ([0, 0, 0, 1, 1, 1], 1, 4),  # decoding: one query, three earlier own tokens; rows in equal groups
+        ([0, 0, 1, 1, 1], 5, 5),  # one pass over whole completions; unequal groups
+        ([1, 0, 1, 0], 3, 6),  # rows not sorted by prompt; queries after earlier tokens
+    ],
+)
+def test_attention_equals_attention_over_copies(rows, t, s):
+    g = torch.Generator().manual_seed(0)
+    rows = torch.tensor(rows)
+    n, p, hq, hkv, lp, d = len(rows), 2, 4, 2, 7, 8
+    q = torch.randn(n, hq, t, d, generator=g, requires_grad=True)
+    k, v = (torch.randn(n, hkv, s, d, generator=g, requires_grad=True) for _ in range(2))
+    kp, vp = (torch.randn(p, hkv, lp, d, generator=g, requires_grad=True) for _ in range(2))
+    prefix_mask = torch.ones(p, lp, dtype=torch.bool)
+    prefix_mask[0, :3] = False  # prompt 0 is left-padded
+    shared = SharedPrefix.of([(kp, vp)], prefix_mask, rows)
+    assert shared.regular == (rows.tolist() == [0, 0, 0, 1, 1, 1])
+    ours = prefix_suffix_attention(q, k, v, shared, 0, d**-0.5)
+    ref = reference_attention(q, k, v, kp, vp, prefix_mask, rows)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    weights = torch.randn(ref.shape, generator=g)
+    grads = torch.autograd.grad((ours * weights).sum(), (q, k, v, kp, vp))
+    ref_grads = torch.autograd.grad((ref * weights).sum(), (q, k, v, kp, vp))
+    for ours_grad, ref_grad in zip(grads, ref_grads):  # kp, vp: summed over the rows sharing them
+        torch.testing.assert_close(ours_grad, ref_grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_checkpoints):
+    path = tiny_checkpoints["policy"]
+    model = load_policy(path)
+    model.requires_grad_(False)
+    processor = load_processor(path)
+    rng = np.random.default_rng(0)
+    samples = [
+        SegSample(id=f"s{i}", query=q, image=Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
+        for i, ((w, h), q) in enumerate(zip([(56, 56), (112, 84)], ["the red circle", "a small blue square"]))
+    ]
+    return model, PromptBuilder(processor, image_size=None)(samples)
+
+
+@torch.no_grad()
+def test_decoding_equals_the_copied_cache(setup):
+    """Step by step, the shared prefix (own tokens in place for 3 steps, then concatenated) gives the hidden
+    states of per-row copies of the prompt cache."""
+    model, batch = setup
+    rows = torch.tensor([0, 1, 1, 0, 1])
+    tokens = torch.randint(0, 1000, (len(rows), 5), generator=torch.Generator().manual_seed(0))
+    copied = prefill(model, batch).select(rows)
+    shared = share_prefix(model, prefill(model, batch), rows, reserve=3)
+    torch.testing.assert_close(shared.last_hidden, copied.last_hidden)
+    for t in range(tokens.shape[1]):
+        step = tokens[:, t : t + 1]
+        torch.testing.assert_close(
+            feed_shared(model, shared, step), feed(model, copied, step), rtol=1e-4, atol=1e-5
+        )
+    torch.testing.assert_close(shared.next_position, copied.next_position)
+    assert shared.cache.get_seq_length() == tokens.shape[1]  # only the rows' own tokens are stored per row
+
+
+@torch.no_grad()
+def test_other_calls_keep_the_original_attention(tiny_checkpoints, setup):
+    """Once enabled, forwards with ordinary masks (prefill, plain forwards) go to the wrapped sdpa unchanged."""
+    _, batch = setup
+    model = load_policy(tiny_checkpoints["policy"])
+    _, decoder, _ = model_parts(model)
+    assert decoder.config._attn_implementation == "sdpa"
+    before = prefill(model, batch).last_hidden
+    enable_shared_prefix(model)
+    assert decoder.config._attn_implementation == "samr1_shared_prefix:sdpa"
+    torch.testing.assert_close(prefill(model, batch).last_hidden, before, rtol=0, atol=0)
+
+
+def test_unsupported_attention_is_refused(tiny_checkpoints):
+    model = load_policy(tiny_checkpoints["policy"])
+    _, decoder, _ = model_parts(model)
+    decoder.config._attn_implementation = "flex_attention"
+    with pytest.raises(ValueError, match="flex_attention"):
+        enable_shared_prefix(model)
