@@ -81,6 +81,7 @@ def generate_rollouts(
     generator: torch.Generator | None = None,
     features: list[torch.Tensor] | None = None,
     repetition_penalty: float = 1.0,
+    check_every: int = 8,
 ) -> Rollouts:
     """Prefill each prompt once and decode its `group_size` continuations together, all reading its one cache.
 
@@ -89,7 +90,11 @@ def generate_rollouts(
     `image_features` (a frozen vision tower: encode each image once per step for every pass).
     `repetition_penalty` != 1 applies Hugging Face's penalty to every token of the prompt (its real tokens,
     not the left padding) and of the completion so far, as `generate` does for an unpadded prompt.
+    `check_every`: whether every row has finished is read on the host only every that many tokens (each
+    read waits for the device); rows that finished meanwhile decode padding, which is cut off at the end.
     """
+    if check_every < 1:
+        raise ValueError(f"check_every must be positive, got {check_every}")
     if repetition_penalty <= 0:
         raise ValueError(f"repetition_penalty must be positive, got {repetition_penalty}")
     _, _, lm_head = model_parts(model)
@@ -122,10 +127,12 @@ def generate_rollouts(
         if seen is not None:
             seen[torch.arange(n, device=device), nxt] = True
         finished |= torch.isin(nxt, eos)
-        if bool(finished.all()) or step == max_new_tokens - 1:
+        if step == max_new_tokens - 1 or (step % check_every == check_every - 1 and bool(finished.all())):
             break
         hidden = advance(model, state, nxt.unsqueeze(1))[:, -1]
     ids = torch.stack(tokens, dim=1)
+    if check_every > 1:  # drop the columns decoded after the last row finished
+        ids = ids[:, : _completion_end(ids, eos)]
     is_eos = torch.isin(ids, eos)
     # Completion tokens: everything up to and including the first EOS.
     after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
@@ -135,6 +142,14 @@ def generate_rollouts(
         ids.masked_fill(after_eos | is_eos, pad_token_id), skip_special_tokens=True
     )
     return Rollouts(ids, mask, texts, rows, truncated, group_size)
+
+
+def _completion_end(ids: torch.Tensor, eos: torch.Tensor) -> int:
+    """Columns up to the latest first EOS of any row (all of them when a row has none)."""
+    is_eos = torch.isin(ids, eos)
+    if not bool(is_eos.any(dim=1).all()):
+        return ids.shape[1]
+    return int(is_eos.int().argmax(dim=1).max()) + 1
 
 
 def _prompt_tokens(batch: PromptBatch, vocab: int) -> torch.Tensor:

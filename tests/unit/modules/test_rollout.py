@@ -71,3 +71,24 @@ def test_mask_covers_up_to_the_first_eos(tiny_checkpoints):
         else:
             first = int(hits[0])
             assert mask[: first + 1].all() and not mask[first + 1 :].any()
+
+
+def test_checking_for_the_end_every_k_tokens_gives_the_same_completions(tiny_checkpoints):
+    """Greedy: reading `finished` every 8 tokens (extra padding decoded, then cut) changes nothing."""
+    model, processor, batch = _setup(tiny_checkpoints)
+    tok = processor.tokenizer
+
+    def greedy(eos, k):
+        return generate_rollouts(
+            model, batch, tok, group_size=2, max_new_tokens=30, eos_token_ids=eos, pad_token_id=tok.pad_token_id,
+            temperature=0.0, check_every=k,
+        )  # fmt: skip
+
+    probe = greedy([tok.pad_token_id], 1)
+    eos = [int(probe.completion_ids[0, 4]), int(probe.completion_ids[2, 9])]  # rows stop at different steps
+    runs = [greedy(eos, k) for k in (1, 8)]
+    assert not runs[0].truncated.all()
+    assert runs[0].completion_ids.shape[1] < 30
+    assert torch.equal(runs[0].completion_ids, runs[1].completion_ids)
+    assert torch.equal(runs[0].completion_mask, runs[1].completion_mask)
+    assert runs[0].texts == runs[1].texts
