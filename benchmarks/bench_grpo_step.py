@@ -93,16 +93,35 @@ def run_samr1(model_dir: str, size: int, group: int, tokens: int, mu: int, warmu
             self.banned_ids = sorted(set(self.banned_ids) | set(self.eos_ids))
             self.eos_ids = []
 
+    import samr1.modules.rollout as rollout_file
+
+    decode = {"s": 0.0, "tokens": 0}  # the decode steps of generation (one token per row each)
+
+    def timed(feed):
+        def wrapper(model, state, tokens):
+            tic = time.perf_counter()
+            out = feed(model, state, tokens)
+            decode["s"] += time.perf_counter() - tic
+            decode["tokens"] += 1
+            return out
+
+        return wrapper
+
+    rollout_file.feed, rollout_file.feed_shared = timed(rollout_file.feed), timed(rollout_file.feed_shared)
+
     class Timer(L.Callback):
         def __init__(self) -> None:
             self.walls: list[float] = []
             self.phases: dict[str, list[float]] = {k: [] for k in PHASES}
+            self.decode: list[float] = []  # s per decoded token (all G rows), per rollout batch
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            decode.update(s=0.0, tokens=0)
             self.tic = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             self.walls.append(time.perf_counter() - self.tic)
+            self.decode.append(decode["s"] / max(decode["tokens"], 1))
             for k in PHASES:
                 self.phases[k].append(float(trainer.callback_metrics[f"train/time/{k}"]))
 
@@ -146,6 +165,7 @@ def run_samr1(model_dir: str, size: int, group: int, tokens: int, mu: int, warmu
     walls, phases = timer.walls[warmup:], {k: v[warmup:] for k, v in timer.phases.items()}
     result = summarise(walls, phases, mu)
     result["prompt_tokens"] = int(module.last_step.prompts.input_ids.shape[1])
+    result["decode_s_per_token"] = sorted(timer.decode[warmup:])[(len(timer.decode[warmup:]) - 1) // 2]
     return result
 
 
@@ -426,6 +446,12 @@ def print_table(rows: list[dict], frameworks: list[str]) -> None:
         if both:
             line += f" {r['trl']['s_per_step'] / r['samr1']['s_per_step']:>9.2f}x"
         print(line)
+    decode = {r["size"]: r["samr1"]["decode_s_per_token"] for r in rows if "samr1" in r and r["mu"] == 1}
+    if 840 in decode and 224 in decode:
+        print(
+            f"\nsamr1 decode per token (G rows): 840 px {decode[840] * 1e3:.1f} ms, 224 px "
+            f"{decode[224] * 1e3:.1f} ms: 840/224 = {decode[840] / decode[224]:.2f}x"
+        )
     print("\nper optimiser step, by phase (s):")
     print(f"{'image':>9} {'mu':>3} {'framework':>9} " + " ".join(f"{p:>10}" for p in PHASES))
     for r in rows:
