@@ -69,7 +69,7 @@ def completion_logprobs(
     state = prefill(model, batch, prompts, features)
     rows = torch.as_tensor([local[p] for p in prompt_index.tolist()], device=completion_ids.device)
     # Every row reads its prompt's one cache (shared-prefix attention); other attention kernels copy it.
-    if shared_prefix_supported(model):
+    if shared_prefix_supported(model, state):
         state, step = share_prefix(model, state, rows), feed_shared
     else:
         state, step = state.select(rows), feed

@@ -102,7 +102,7 @@ def generate_rollouts(
     state = prefill(model, batch, features=features)
     rows = torch.arange(len(batch), device=device).repeat_interleave(group_size)
     # The rows share their prompt's cache (shared-prefix attention); other attention kernels copy it per row.
-    if shared_prefix_supported(model):
+    if shared_prefix_supported(model, state):
         state, advance = share_prefix(model, state, rows, reserve=max_new_tokens), feed_shared
     else:
         state, advance = state.select(rows, reserve=max_new_tokens), feed

@@ -107,11 +107,14 @@ def feed_shared(model, state: SharedDecodeState, tokens: torch.Tensor) -> torch.
     return out.last_hidden_state
 
 
-def shared_prefix_supported(model) -> bool:
-    """Whether the policy's text attention can take the shared-prefix path (sdpa or eager kernels)."""
+def shared_prefix_supported(model, state: DecodeState) -> bool:
+    """Whether rows can continue `state` on the shared-prefix path: sdpa or eager text attention, and a
+    prefill cache holding every decoder layer (gradient checkpointing without a cache-keeping layer leaves
+    it empty; the copying path then behaves as before)."""
     _, decoder, _ = model_parts(model)
     name = decoder.config._attn_implementation or ""
-    return name.startswith(NAME) or name in SUPPORTED
+    supported = name.startswith(NAME) or name in SUPPORTED
+    return supported and len(cache_layers(state.cache)) == decoder.config.num_hidden_layers
 
 
 def enable_shared_prefix(model) -> None:
