@@ -188,8 +188,13 @@ def prefix_suffix_attention(q, k, v, prefix: SharedPrefix, layer: int, scale: fl
 
 def _partial_softmax(q, k, v, scale: float, masked: torch.Tensor):
     """Unnormalised attention: (exp(s - max) @ v, max, sum of exp) over the keys k, with s = q k^T * scale
-    (float32) and `masked` positions excluded. The max is a constant of the result, so it is detached."""
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    and `masked` positions excluded. The max is a constant of the result, so it is detached.
+
+    The scores are float32 products of the (bf16) queries and keys, as fused attention kernels accumulate
+    them: rounded to bf16 first, a logit near 8 is off by up to 0.03 (3% in its weight), and gradients that
+    nearly cancel over a group's rows (advantages sum to 0) lose their last digits (a one-step update then
+    left an RMSNorm gain element with an exactly-zero gradient under bf16 compute)."""
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
     scores = scores.masked_fill(masked, float("-inf"))
     top = scores.amax(dim=-1, keepdim=True).detach()
     weights = torch.exp(scores - top)

@@ -13,6 +13,7 @@ from samr1.models.qwen2_5_vl.loading import load_policy, load_processor
 from samr1.models.qwen2_5_vl.prefix_cache import feed, model_parts, prefill
 from samr1.models.qwen2_5_vl.shared_prefix import (
     SharedPrefix,
+    _partial_softmax,
     enable_shared_prefix,
     feed_shared,
     prefix_suffix_attention,
@@ -60,6 +61,22 @@ def test_attention_equals_attention_over_copies(rows, t, s):
     ref_grads = torch.autograd.grad((ref * weights).sum(), (q, k, v, kp, vp))
     for ours_grad, ref_grad in zip(grads, ref_grads):  # kp, vp: summed over the rows sharing them
         torch.testing.assert_close(ours_grad, ref_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_scores_are_float32_products():
+    """bf16 queries and keys give the float32 scores of their exact products (as SDPA's kernels accumulate),
+    not scores rounded to bf16: the maxima equal those of float32 copies of the same values exactly."""
+    g = torch.Generator().manual_seed(0)
+    q = (4 * torch.randn(2, 3, 5, 8, generator=g)).bfloat16()
+    k, v = (torch.randn(2, 3, 7, 8, generator=g).bfloat16() for _ in range(2))
+    masked = torch.zeros(5, 7, dtype=torch.bool)
+    _, top, total = _partial_softmax(q, k, v, 0.35, masked)
+    _, top32, total32 = _partial_softmax(q.float(), k.float(), v.float(), 0.35, masked)
+    assert top.dtype == torch.float32
+    torch.testing.assert_close(top, top32, rtol=0, atol=0)
+    torch.testing.assert_close(total, total32, rtol=0, atol=0)
+    rounded = (torch.matmul(q, k.transpose(-1, -2)).float() * 0.35).amax(dim=-1, keepdim=True)
+    assert not torch.equal(rounded, top32)  # bf16 scores would differ
 
 
 @pytest.fixture(scope="module")
