@@ -9,7 +9,12 @@ import torch
 
 from samr1.models.qwen2_5_vl.prefix_cache import feed, model_parts, prefill
 from samr1.models.qwen2_5_vl.sharding import gathers_weights
-from samr1.models.qwen2_5_vl.shared_prefix import feed_shared, share_prefix, shared_prefix_supported
+from samr1.models.qwen2_5_vl.shared_prefix import (
+    SharedDecodeState,
+    feed_shared,
+    share_prefix,
+    shared_prefix_supported,
+)
 from samr1.modules.prompting import PromptBatch
 
 
@@ -82,6 +87,7 @@ def generate_rollouts(
     features: list[torch.Tensor] | None = None,
     repetition_penalty: float = 1.0,
     check_every: int = 8,
+    compact: bool = True,
 ) -> Rollouts:
     """Prefill each prompt once and decode its `group_size` continuations together, all reading its one cache.
 
@@ -90,8 +96,10 @@ def generate_rollouts(
     `image_features` (a frozen vision tower: encode each image once per step for every pass).
     `repetition_penalty` != 1 applies Hugging Face's penalty to every token of the prompt (its real tokens,
     not the left padding) and of the completion so far, as `generate` does for an unpadded prompt.
-    `check_every`: whether every row has finished is read on the host only every that many tokens (each
-    read waits for the device); rows that finished meanwhile decode padding, which is cut off at the end.
+    `check_every`: which rows have finished is read on the host only every that many tokens (each read waits
+    for the device); rows that finished meanwhile decode padding. `compact`: at those reads, finished rows
+    leave the batch (and prompts all of whose rows finished leave the shared prefix), so the compute follows
+    the live rows; each row samples from the same distribution either way.
     """
     if check_every < 1:
         raise ValueError(f"check_every must be positive, got {check_every}")
@@ -109,10 +117,12 @@ def generate_rollouts(
     n = rows.numel()
     banned = torch.as_tensor(list(banned_token_ids), dtype=torch.long, device=device)
     eos = torch.as_tensor(eos_token_ids, dtype=torch.long, device=device)
-    finished = torch.zeros(n, dtype=torch.bool, device=device)
-    tokens: list[torch.Tensor] = []
+    ids = torch.full((n, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    live = torch.arange(n, device=device)  # the rows still in the batch (all of them without `compact`)
+    finished = torch.zeros(n, dtype=torch.bool, device=device)  # of the live rows
     hidden = state.last_hidden
     seen = None
+    steps = 0
     for step in range(max_new_tokens):
         logits = lm_head(hidden).float()
         if repetition_penalty != 1.0:
@@ -123,16 +133,28 @@ def generate_rollouts(
             logits[:, banned] = float("-inf")
         nxt = sample_next(logits, temperature, top_p, generator)
         nxt = torch.where(finished, torch.full_like(nxt, pad_token_id), nxt)
-        tokens.append(nxt)
+        ids[:, step].index_copy_(0, live, nxt)
         if seen is not None:
-            seen[torch.arange(n, device=device), nxt] = True
+            seen[torch.arange(len(live), device=device), nxt] = True
         finished |= torch.isin(nxt, eos)
-        if step == max_new_tokens - 1 or (step % check_every == check_every - 1 and bool(finished.all())):
+        steps = step + 1
+        if step == max_new_tokens - 1:
             break
+        if step % check_every == check_every - 1:
+            if not compact:
+                if bool(finished.all()):
+                    break
+            else:
+                keep = (~finished).nonzero().squeeze(1)  # the one host read of these k tokens
+                if keep.numel() == 0:
+                    break
+                if keep.numel() < len(live):
+                    state = _select(state, keep, max_new_tokens - steps)
+                    live, finished, nxt = live[keep], finished[keep], nxt[keep]
+                    seen = seen[keep] if seen is not None else None
         hidden = advance(model, state, nxt.unsqueeze(1))[:, -1]
-    ids = torch.stack(tokens, dim=1)
-    if check_every > 1:  # drop the columns decoded after the last row finished
-        ids = ids[:, : _completion_end(ids, eos)]
+    ids = ids[:, :steps]
+    ids = ids[:, : _completion_end(ids, eos)]  # drop the columns decoded after the last row finished
     is_eos = torch.isin(ids, eos)
     # Completion tokens: everything up to and including the first EOS.
     after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
@@ -142,6 +164,11 @@ def generate_rollouts(
         ids.masked_fill(after_eos | is_eos, pad_token_id), skip_special_tokens=True
     )
     return Rollouts(ids, mask, texts, rows, truncated, group_size)
+
+
+def _select(state, keep: torch.Tensor, remaining: int):
+    """The live rows `keep` of a decoding state (shared prefix or per-row copies), room for `remaining`."""
+    return state.select(keep) if isinstance(state, SharedDecodeState) else state.select(keep, remaining)
 
 
 def _completion_end(ids: torch.Tensor, eos: torch.Tensor) -> int:

@@ -68,6 +68,22 @@ class SharedDecodeState:
     next_position: torch.Tensor  # [N]
     last_hidden: torch.Tensor  # [N, hidden]
 
+    def select(self, keep: torch.Tensor) -> SharedDecodeState:
+        """The rows `keep` (indices, no repeats) of a decoding state: finished rows leave the batch. Their
+        own tokens are copied (small); a prompt none of whose rows is kept leaves the prefix."""
+        prompts, rows = torch.unique(self.prefix.rows.index_select(0, keep), return_inverse=True)
+        layers = self.prefix.layers
+        if prompts.numel() < self.prefix.prefix_mask.shape[0]:
+            layers = [(k.index_select(0, prompts), v.index_select(0, prompts)) for k, v in layers]
+        prefix = SharedPrefix.of(layers, self.prefix.prefix_mask.index_select(0, prompts), rows)
+        cache = None
+        if self.cache is not None:
+            cache = DynamicCache()
+            cache.layers = [layer.select(keep) for layer in self.cache.layers]
+        return SharedDecodeState(
+            prefix, cache, self.next_position.index_select(0, keep), self.last_hidden.index_select(0, keep)
+        )
+
 
 def share_prefix(
     model, state: DecodeState, rows: torch.Tensor, reserve: int | None = None
@@ -204,18 +220,24 @@ def _partial_softmax(q, k, v, scale: float, masked: torch.Tensor):
 
 
 class SuffixLayer(DynamicLayer):
-    """A cache layer of the rows' own tokens with room for `reserve` positions, written in place (no grad)."""
+    """A cache layer of the rows' own tokens with room for `reserve` positions, written in place (no grad).
+
+    Under autograd, or past `reserve`, it becomes a plain (concatenating) `DynamicLayer` for good."""
 
     def __init__(self, reserve: int) -> None:
         super().__init__()
         self.reserve = reserve
         self._keys = self._values = None
         self._length = 0
+        self._plain = False
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         end = self._length + key_states.shape[-2]
-        if torch.is_grad_enabled() or end > self.reserve or (self._length and self._keys is None):
-            self._keys = self._values = None  # from now on a plain (concatenating) DynamicLayer
+        if self._plain or torch.is_grad_enabled() or end > self.reserve:
+            if not self._plain and self._keys is not None:  # continue from the tokens stored so far
+                self.keys, self.values = self._keys[:, :, : self._length], self._values[:, :, : self._length]
+            self._keys = self._values = None
+            self._plain = True
             return super().update(key_states, value_states, *args, **kwargs)
         if self._keys is None:
             n, heads, _, dim = key_states.shape
@@ -229,6 +251,19 @@ class SuffixLayer(DynamicLayer):
         self._length = end
         self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
         return self.keys, self.values
+
+    def select(self, keep: torch.Tensor) -> SuffixLayer:
+        """A layer holding the rows `keep` of this one, with the same room (the kept rows' tokens copied)."""
+        layer = SuffixLayer(self.reserve)
+        layer._length, layer._plain = self._length, self._plain
+        if self._keys is not None:
+            layer._keys, layer._values = self._keys.index_select(0, keep), self._values.index_select(0, keep)
+            layer.keys, layer.values = layer._keys[:, :, : self._length], layer._values[:, :, : self._length]
+        elif self.is_initialized:
+            layer.keys, layer.values = self.keys.index_select(0, keep), self.values.index_select(0, keep)
+        if self.is_initialized:
+            layer.device, layer.dtype, layer.is_initialized = self.device, self.dtype, True
+        return layer
 
 
 def _eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

@@ -112,6 +112,30 @@ def test_decoding_equals_the_copied_cache(setup):
     assert shared.cache.get_seq_length() == tokens.shape[1]  # only the rows' own tokens are stored per row
 
 
+@pytest.mark.parametrize("keep", [[1, 3, 4], [1, 2, 4]], ids=["both-prompts", "prompt-0-dropped"])
+@torch.no_grad()
+def test_selected_rows_continue_like_their_copies(setup, keep):
+    """Rows kept after 3 decoded tokens (finished rows leave the batch) continue exactly like the same rows of
+    the copied caches; with every row of prompt 0 gone, its prefix leaves too."""
+    model, batch = setup
+    rows = torch.tensor([0, 1, 1, 0, 1])
+    tokens = torch.randint(0, 1000, (len(rows), 5), generator=torch.Generator().manual_seed(1))
+    copied = prefill(model, batch).select(rows)
+    shared = share_prefix(model, prefill(model, batch), rows, reserve=5)
+    for t in range(3):
+        feed_shared(model, shared, tokens[:, t : t + 1])
+        feed(model, copied, tokens[:, t : t + 1])
+    keep = torch.tensor(keep)
+    shared, copied = shared.select(keep), copied.select(keep, reserve=2)
+    assert shared.prefix.prefix_mask.shape[0] == len(set(rows[keep].tolist()))
+    for t in range(3, 5):
+        step = tokens[keep, t : t + 1]
+        torch.testing.assert_close(
+            feed_shared(model, shared, step), feed(model, copied, step), rtol=1e-4, atol=1e-5
+        )
+    assert shared.cache.get_seq_length() == 5
+
+
 @torch.no_grad()
 def test_other_calls_keep_the_original_attention(tiny_checkpoints, setup):
     """Once enabled, forwards with ordinary masks (prefill, plain forwards) go to the wrapped sdpa unchanged."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from samr1.datamodules.synthetic import make_shapes_sample
 from samr1.models.qwen2_5_vl.loading import load_policy, load_processor, special_token_ids
+from samr1.models.qwen2_5_vl.prefix_cache import model_parts
+from samr1.modules import rollout
 from samr1.modules.prompting import PromptBuilder
 from samr1.modules.rollout import generate_rollouts
 
@@ -92,3 +95,47 @@ def test_checking_for_the_end_every_k_tokens_gives_the_same_completions(tiny_che
     assert torch.equal(runs[0].completion_ids, runs[1].completion_ids)
     assert torch.equal(runs[0].completion_mask, runs[1].completion_mask)
     assert runs[0].texts == runs[1].texts
+
+
+def _decoded_rows(model) -> tuple[list[int], object]:
+    """The batch size of every decoder call (a forward pre-hook) and the hook's handle."""
+    sizes: list[int] = []
+    _, decoder, _ = model_parts(model)
+
+    def record(module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        sizes.append(ids.shape[0] if ids is not None else kwargs["inputs_embeds"].shape[0])
+
+    return sizes, decoder.register_forward_pre_hook(record, with_kwargs=True)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-prefix", "copied-cache"])
+def test_finished_rows_leave_the_batch_and_greedy_completions_are_unchanged(
+    tiny_checkpoints, monkeypatch, shared
+):
+    """Compaction (finished rows dropped at each check) decodes only the live rows, with identical output."""
+    model, processor, batch = _setup(tiny_checkpoints)
+    tok = processor.tokenizer
+    if not shared:  # the per-row copies of the prompt cache (attention kernels other than sdpa/eager)
+        monkeypatch.setattr(rollout, "shared_prefix_supported", lambda model, state: False)
+
+    def greedy(eos, compact):
+        return generate_rollouts(
+            model, batch, tok, group_size=3, max_new_tokens=24, eos_token_ids=eos, pad_token_id=tok.pad_token_id,
+            temperature=0.0, check_every=2, compact=compact,
+        )  # fmt: skip
+
+    probe = greedy([tok.pad_token_id], False)
+    # Prompt 0's rows stop after 7 tokens, prompt 1's after 12 (greedy copies of a prompt agree).
+    eos = [int(probe.completion_ids[0, 6]), int(probe.completion_ids[3, 11])]
+    plain = greedy(eos, False)
+    sizes, hook = _decoded_rows(model)
+    compacted = greedy(eos, True)
+    hook.remove()
+    assert plain.lengths.tolist() == [7, 7, 7, 12, 12, 12]
+    assert torch.equal(compacted.completion_ids, plain.completion_ids)
+    assert torch.equal(compacted.completion_mask, plain.completion_mask)
+    assert compacted.texts == plain.texts and torch.equal(compacted.truncated, plain.truncated)
+    # Prefill (2 prompts), 7 feeds of 6 rows (the check after the 8th token drops prompt 0's rows), then 3
+    # rows until the check after the 12th token finds every row finished.
+    assert sizes == [2] + [6] * 7 + [3] * 4

@@ -134,6 +134,26 @@ def test_shared_prefix_samples_follow_the_exact_distribution(setup, rollouts, pr
     assert chi_square(_counts(ids, 1), wrong["first"], N) < 1e-6
 
 
+def test_rows_left_after_compaction_sample_the_exact_distribution(setup):
+    """The likeliest first token ends a completion: after the first check those rows leave the batch (rows
+    of a prompt become unequal in number) and the others' second tokens still follow the model exactly."""
+    model, tokenizer, batch, _, banned = setup
+    exact = first_two_distribution(model, batch, 1, banned, TEMPERATURE, 1.0)
+    stop = max(exact["first"], key=exact["first"].get)[0]
+    r = generate_rollouts(
+        model, batch, tokenizer, group_size=N, max_new_tokens=2, eos_token_ids=[stop],
+        pad_token_id=tokenizer.pad_token_id, banned_token_ids=banned, temperature=TEMPERATURE, check_every=1,
+        generator=torch.Generator().manual_seed(1),
+    )  # fmt: skip
+    ids = r.completion_ids[r.prompt_index == 1]
+    assert ids.shape == (N, 2) and N // 10 < int((ids[:, 0] == stop).sum()) < N
+    assert (ids[ids[:, 0] == stop, 1] == tokenizer.pad_token_id).all()
+    # Pairs after other first tokens at their joint probabilities; the stopped rows fall in the pooled rest.
+    expected = {pair: p for pair, p in exact["joint"].items() if pair[0] != stop}
+    p_joint = chi_square(_counts(ids, 2), expected, N)
+    assert p_joint > ALPHA, f"token pairs: chi-square p={p_joint:.2e} against the model's distribution"
+
+
 def test_copies_of_a_prompt_are_independent(setup, rollouts):
     """Neighbouring copies share a cache, not their draws: their first tokens agree at the rate sum p^2."""
     model, _, batch, _, banned = setup
