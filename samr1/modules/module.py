@@ -23,6 +23,7 @@ from samr1.models.qwen2_5_vl.lora import add_lora, is_peft
 from samr1.models.qwen2_5_vl.prefix_cache import image_features
 from samr1.models.qwen2_5_vl.sharding import check_strategy, shard_policy
 from samr1.modules.dynamic_sampling import GroupPool, ScoredRound, restore_reward_details, reward_details
+from samr1.modules.engine import RolloutEngine, SamplingSettings, SamR1Engine
 from samr1.modules.evaluation import (
     Evaluator,
     SampleResult,
@@ -35,7 +36,7 @@ from samr1.modules.logprobs import completion_logprobs
 from samr1.modules.options import apply_optimizer_options, check_module_options, check_stage_options
 from samr1.modules.prompting import PromptBatch, PromptBuilder, resolve_prompt
 from samr1.modules.reference import AdapterDisabledReference, ReferenceModel
-from samr1.modules.rollout import Rollouts, generate_rollouts
+from samr1.modules.rollout import Rollouts
 from samr1.modules.schedule import lr_factor
 from samr1.modules.step import PhaseTimer, StepRecord, out_of_memory_hint
 from samr1.modules.update import UpdateBatch, mini_batch_size, needs_old_logprobs, update_policy
@@ -67,6 +68,10 @@ class GRPOModule(L.LightningModule):
             the constant of aggregation "fixed".
         temperature: sampling temperature of the rollouts (log-probs use the same temperature).
         top_p: nucleus sampling mass of the rollouts (1.0: the full distribution).
+        decode_check_every: the rollout decode reads which completions have finished on the host every this
+            many tokens (each read waits for the device; finished rows decode padding in between, cut off).
+        decode_compaction: at each of those reads, finished completions leave the decoding batch, so the
+            compute follows the live rows (the sampled distribution is the same either way).
         eval_max_new_tokens: completion length limit of greedy evaluation (default: max_new_tokens).
         eval_repetition_penalty: repetition penalty of greedy evaluation; null follows the checkpoint's
             generation_config.json as Hugging Face `generate` does (Qwen2.5-VL-Instruct: 1.05); 1.0: off.
@@ -146,6 +151,8 @@ class GRPOModule(L.LightningModule):
         max_new_tokens: int = 256,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        decode_check_every: int = 8,
+        decode_compaction: bool = True,
         eval_max_new_tokens: int | None = None,
         eval_repetition_penalty: float | None = None,
         learning_rate: float = 1e-6,
@@ -220,6 +227,9 @@ class GRPOModule(L.LightningModule):
         self._frozen: dict[str, ReferenceModel | AdapterDisabledReference] = {}
         self.evaluator = Evaluator([r.name for r in self.rewards], tuple(eval_groups), eval_multi_object)
         self.generator: torch.Generator | None = None
+        self.rollout_engine: RolloutEngine | None = (
+            None  # samples the rollouts (engine.py); set up with the model
+        )
         self.last_step: StepRecord | None = None  # None after a batch that only added to the group pool
         self.group_pool: GroupPool | None = None
         self._restored_generator_state: torch.Tensor | None = None
@@ -253,6 +263,10 @@ class GRPOModule(L.LightningModule):
         )
         vocab = self.policy.get_output_embeddings().weight.shape[0]
         self.eos_ids, self.banned_ids = special_token_ids(self.processor.tokenizer, vocab)
+        if self.rollout_engine is None:  # another RolloutEngine may be assigned before fitting
+            self.rollout_engine = SamR1Engine(
+                self.processor.tokenizer, hp.decode_check_every, hp.decode_compaction
+            )
         hp = self.hparams
         self.eval_decoding = decoding_settings(
             hp.model_path, hp.eval_max_new_tokens or hp.max_new_tokens, hp.eval_repetition_penalty
@@ -371,22 +385,19 @@ class GRPOModule(L.LightningModule):
         features=None,
         repetition_penalty: float = 1.0,
     ) -> Rollouts:
+        sampling = SamplingSettings(
+            group_size=group_size,
+            max_new_tokens=max_new_tokens,
+            eos_token_ids=tuple(self.eos_ids),
+            pad_token_id=self.processor.tokenizer.pad_token_id,
+            banned_token_ids=tuple(self.banned_ids),
+            temperature=temperature,
+            top_p=self.hparams.top_p,
+            repetition_penalty=repetition_penalty,
+        )
         with self.compute_context():
-            return generate_rollouts(
-                self.policy,
-                batch,
-                self.processor.tokenizer,
-                group_size=group_size,
-                max_new_tokens=max_new_tokens,
-                eos_token_ids=self.eos_ids,
-                pad_token_id=self.processor.tokenizer.pad_token_id,
-                banned_token_ids=self.banned_ids,
-                temperature=temperature,
-                top_p=self.hparams.top_p,
-                generator=self.generator,
-                features=features,
-                repetition_penalty=repetition_penalty,
-            )
+            self.rollout_engine.sync_weights(self.policy)
+            return self.rollout_engine.generate(batch, sampling, features=features, generator=self.generator)
 
     def training_step(self, batch: list[SegSample], batch_idx: int) -> None:
         hp = self.hparams

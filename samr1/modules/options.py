@@ -29,6 +29,7 @@ _CHOICES = {
 _INTEGER_MINIMUM = {
     "group_size": 2,  # group-relative advantages compare at least two completions
     "max_new_tokens": 1,
+    "decode_check_every": 1,
     "eval_max_new_tokens": 1,
     "num_iterations": 1,
     "mini_batch_size": 1,
