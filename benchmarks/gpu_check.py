@@ -13,8 +13,9 @@ state: more than one H200; use `--lora-rank`). The tokenizer and processor are t
 (their special-token ids are written into the config); the embedding keeps the real vocabulary size.
 
 It prints and writes JSON (--out): seconds per phase, generated tokens/s, update tokens/s, update MFU against
-the GPU's bf16 dense peak, decode tokens/s against the memory-bandwidth roofline (weights + KV cache read per
-decode step / bandwidth), and peak memory. Budget: under 8 minutes on one H200 for the 3B default.
+the GPU's bf16 dense peak, decode tokens/s against the memory-bandwidth roofline (completions per decode step x
+bandwidth / bytes a decode step must read: bf16 weights, each prompt's KV cache once, each completion's own KV),
+and peak memory. Budget: under 8 minutes on one H200 for the 3B default.
 
     python benchmarks/gpu_check.py                  # 3B, both runs, benchmarks/results/gpu_check.json
     python benchmarks/gpu_check.py --model 7b --lora-rank 64
@@ -185,26 +186,19 @@ def update_flops(step: dict, counts: dict, cfg: dict, hp) -> float:
 
 
 def decode_bytes(step: dict, counts: dict, cfg: dict) -> float:
-    """Bytes read per decode step: bf16 decoder weights and lm_head, plus every sequence's KV cache (mean length)."""
+    """Bytes one decode step must read: the bf16 decoder weights and lm_head, each prompt's KV cache once (its
+    G completions share it: shared-prefix attention) and every completion's own KV (mean length so far)."""
     weights = 2 * (counts["params_layers"] + counts["params_lm_head"] + cfg["hidden_size"])
     head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
-    context = step["prompt_tokens"] + step["new_tokens"] / 2
-    kv = (
-        2
-        * cfg["num_hidden_layers"]
-        * cfg["num_key_value_heads"]
-        * head_dim
-        * 2
-        * context
-        * step["completions"]
-    )
-    return weights + kv
+    per_token = 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * head_dim * 2  # K and V, bf16
+    context = step["prompts"] * step["prompt_tokens"] + step["completions"] * step["new_tokens"] / 2
+    return weights + per_token * context
 
 
 def run(model_dir: Path, fsdp: bool, args, info: dict, device: str) -> dict:
     import yaml
 
-    import samr1.modules.module as module_file
+    import samr1.modules.engine as engine_file
     import samr1.modules.rollout as rollout_file
     from samr1.strategies import FSDP2Strategy
 
@@ -229,7 +223,7 @@ def run(model_dir: Path, fsdp: bool, args, info: dict, device: str) -> dict:
         test_split=None,
     )
     recorder = StepRecorder()
-    rollouts, prefills = Timed(module_file, "generate_rollouts"), Timed(rollout_file, "prefill")
+    rollouts, prefills = Timed(engine_file, "generate_rollouts"), Timed(rollout_file, "prefill")
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

@@ -76,14 +76,30 @@ class SamR1Engine:
         check_every: read which rows have finished on the host every this many tokens (each read waits for
             the device); between reads, finished rows decode padding that is cut off.
         compact: at each read, drop finished rows from the batch so compute follows the live rows.
+        static_cache: fixed-shape caches and rows instead (no compaction): the decode step keeps its shapes.
+        compile_step: run that fixed-shape step through `torch.compile` (needs static_cache; the first
+            rollout pays the compilation).
     """
 
-    def __init__(self, tokenizer, check_every: int = 8, compact: bool = True) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        check_every: int = 8,
+        compact: bool = True,
+        static_cache: bool = False,
+        compile_step: bool = False,
+    ) -> None:
         if check_every < 1:
             raise ValueError(f"check_every must be positive, got {check_every}")
+        if compile_step and not static_cache:
+            raise ValueError(
+                "compile_step needs static_cache: the dynamic cache changes shape at every token"
+            )
         self.tokenizer = tokenizer
         self.check_every = check_every
         self.compact = compact
+        self.static_cache = static_cache
+        self.compile_step = compile_step
         self.policy: torch.nn.Module | None = None
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
@@ -115,4 +131,6 @@ class SamR1Engine:
             repetition_penalty=sampling.repetition_penalty,
             check_every=self.check_every,
             compact=self.compact,
+            static_cache=self.static_cache,
+            compile_step=self.compile_step,
         )

@@ -72,6 +72,10 @@ class GRPOModule(L.LightningModule):
             many tokens (each read waits for the device; finished rows decode padding in between, cut off).
         decode_compaction: at each of those reads, finished completions leave the decoding batch, so the
             compute follows the live rows (the sampled distribution is the same either way).
+        decode_static_cache: decode with fixed-shape caches and a fixed set of rows instead (no compaction),
+            so every decode step has the same shapes.
+        decode_compile: run that fixed-shape decode step through torch.compile (needs decode_static_cache;
+            unsharded runs; the first rollout pays the compilation).
         eval_max_new_tokens: completion length limit of greedy evaluation (default: max_new_tokens).
         eval_repetition_penalty: repetition penalty of greedy evaluation; null follows the checkpoint's
             generation_config.json as Hugging Face `generate` does (Qwen2.5-VL-Instruct: 1.05); 1.0: off.
@@ -153,6 +157,8 @@ class GRPOModule(L.LightningModule):
         top_p: float = 1.0,
         decode_check_every: int = 8,
         decode_compaction: bool = True,
+        decode_static_cache: bool = False,
+        decode_compile: bool = False,
         eval_max_new_tokens: int | None = None,
         eval_repetition_penalty: float | None = None,
         learning_rate: float = 1e-6,
@@ -198,6 +204,8 @@ class GRPOModule(L.LightningModule):
         check_module_options(locals())  # every option's range, by name, before anything loads (options.py)
         AnswerSegmenter(None, mask_selection)  # fails at start on an unknown mask_selection
         resolve_prompt(prompt_template)  # ... and on a template that is neither a preset nor fillable
+        if decode_compile and not decode_static_cache:
+            raise ValueError("decode_compile needs decode_static_cache: true (fixed shapes to compile)")
         if max_resample_rounds < 0:
             raise ValueError(f"max_resample_rounds must be at least 0, got {max_resample_rounds}")
         if importance_level not in ("token", "sequence"):
@@ -265,7 +273,11 @@ class GRPOModule(L.LightningModule):
         self.eos_ids, self.banned_ids = special_token_ids(self.processor.tokenizer, vocab)
         if self.rollout_engine is None:  # another RolloutEngine may be assigned before fitting
             self.rollout_engine = SamR1Engine(
-                self.processor.tokenizer, hp.decode_check_every, hp.decode_compaction
+                self.processor.tokenizer,
+                hp.decode_check_every,
+                hp.decode_compaction,
+                hp.decode_static_cache,
+                hp.decode_compile,
             )
         hp = self.hparams
         self.eval_decoding = decoding_settings(

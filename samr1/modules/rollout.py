@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,12 @@ from samr1.models.qwen2_5_vl.shared_prefix import (
     feed_shared,
     share_prefix,
     shared_prefix_supported,
+)
+from samr1.models.qwen2_5_vl.static_decode import (
+    advance_static,
+    compiled_static_step,
+    static_state,
+    static_step,
 )
 from samr1.modules.prompting import PromptBatch
 
@@ -88,6 +95,8 @@ def generate_rollouts(
     repetition_penalty: float = 1.0,
     check_every: int = 8,
     compact: bool = True,
+    static_cache: bool = False,
+    compile_step: bool = False,
 ) -> Rollouts:
     """Prefill each prompt once and decode its `group_size` continuations together, all reading its one cache.
 
@@ -99,7 +108,9 @@ def generate_rollouts(
     `check_every`: which rows have finished is read on the host only every that many tokens (each read waits
     for the device); rows that finished meanwhile decode padding. `compact`: at those reads, finished rows
     leave the batch (and prompts all of whose rows finished leave the shared prefix), so the compute follows
-    the live rows; each row samples from the same distribution either way.
+    the live rows; each row samples from the same distribution either way. `static_cache`: fixed-shape
+    caches and a fixed set of rows (no compaction), so the decode step has the same shapes at every token;
+    `compile_step` then runs it through `torch.compile` (static_decode.py).
     """
     if check_every < 1:
         raise ValueError(f"check_every must be positive, got {check_every}")
@@ -109,8 +120,20 @@ def generate_rollouts(
     device = batch.input_ids.device
     state = prefill(model, batch, features=features)
     rows = torch.arange(len(batch), device=device).repeat_interleave(group_size)
+    if compile_step and not static_cache:
+        raise ValueError("compile_step needs static_cache: the dynamic cache changes shape at every token")
     # The rows share their prompt's cache (shared-prefix attention); other attention kernels copy it per row.
-    if shared_prefix_supported(model, state):
+    if static_cache:
+        if not shared_prefix_supported(model, state):
+            raise ValueError(
+                "static_cache needs shared-prefix attention (sdpa or eager, a cache of every layer)"
+            )
+        state = static_state(model, state, rows, max_new_tokens)
+        advance = functools.partial(
+            advance_static, step=compiled_static_step() if compile_step else static_step
+        )
+        compact = False
+    elif shared_prefix_supported(model, state):
         state, advance = share_prefix(model, state, rows, reserve=max_new_tokens), feed_shared
     else:
         state, advance = state.select(rows, reserve=max_new_tokens), feed

@@ -40,5 +40,7 @@ def test_update_flops_and_decode_bytes_count_what_they_say(gpu_check):
     # 2 micro-batches, each prefilling the prompt: 2 x 4 + 2 x 3 tokens through the layers, 6 through lm_head;
     # (query, key) pairs 2 x 10 (causal prefill) + 2 x (3 x 4 + 6); x 3 for forward + backward.
     assert gpu_check.update_flops(step, counts, cfg, hp) == 3 * (2 * 10 * 14 + 2 * 5 * 6 + 4 * 2 * 56)
-    # bf16 weights (layers, lm_head, final norm) + K and V of 2 sequences at mean context 4 + 1.5.
-    assert gpu_check.decode_bytes(step, counts, cfg) == 2 * 17 + 2 * 1 * 1 * 2 * 2 * 5.5 * 2
+    # bf16 weights (layers, lm_head, final norm) + K and V of the prompt once (4 tokens, shared by both
+    # completions) and of each completion's own tokens (mean 1.5).
+    assert gpu_check.decode_bytes(step, counts, cfg) == 2 * 17 + 2 * 1 * 1 * 2 * 2 * (4 + 2 * 1.5)
+    assert gpu_check.decode_bytes({**step, "prompts": 2}, counts, cfg) == 2 * 17 + 2 * 1 * 1 * 2 * 2 * (8 + 3)

@@ -14,6 +14,7 @@ every other call (prefill, plain forwards) to the original implementation unchan
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -43,6 +44,14 @@ class SharedPrefix:
     slot: torch.Tensor  # [N]
     slots: int  # most rows of one prompt
     regular: bool  # rows == arange(P).repeat_interleave(slots): grouping is a reshape
+    # [1]: the rows' own keys past this many are not written yet (fixed-shape stores, static_decode.py);
+    # None: the own keys end with the queries.
+    suffix_end: torch.Tensor | None = None
+    # Decoding (one query per row, no grad): on CPU both parts run through the fused flash-attention kernel,
+    # which returns their log-sum-exps. Off for the log-prob passes, so old log-probs keep the numerics of
+    # the training forward.
+    fused: bool = False
+    prefix_bias: torch.Tensor | None = None  # [P, 1, 1, Lp] additive mask of the padding; None: no padding
 
     @classmethod
     def of(cls, layers, prefix_mask: torch.Tensor, rows: torch.Tensor) -> SharedPrefix:
@@ -56,7 +65,13 @@ class SharedPrefix:
             (counts == slots).all().item()
             and torch.equal(rows, torch.arange(prompts, device=rows.device).repeat_interleave(slots))
         )
-        return cls(list(layers), prefix_mask.bool(), rows, slot, slots, regular)
+        mask = prefix_mask.bool()
+        bias = None
+        if not bool(mask.all()):
+            dtype = layers[0][0].dtype if len(layers) else torch.float32
+            bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+            bias = bias[:, None, None, :]
+        return cls(list(layers), mask, rows, slot, slots, regular, prefix_bias=bias)
 
 
 @dataclass
@@ -76,6 +91,7 @@ class SharedDecodeState:
         if prompts.numel() < self.prefix.prefix_mask.shape[0]:
             layers = [(k.index_select(0, prompts), v.index_select(0, prompts)) for k, v in layers]
         prefix = SharedPrefix.of(layers, self.prefix.prefix_mask.index_select(0, prompts), rows)
+        prefix.fused = self.prefix.fused
         cache = None
         if self.cache is not None:
             cache = DynamicCache()
@@ -95,6 +111,7 @@ def share_prefix(
     prefix = SharedPrefix.of(cache_layers(state.cache), state.attention_mask, rows)
     cache = None
     if reserve is not None:
+        prefix.fused = True
         cache = DynamicCache()
         cache.layers = [SuffixLayer(reserve) for _ in prefix.layers]
     return SharedDecodeState(
@@ -160,6 +177,13 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
         raise NotImplementedError("shared-prefix attention does not implement sliding-window layers")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     args = (query, key, value, attention_mask, module.layer_idx, scale)
+    if (
+        attention_mask.fused
+        and query.device.type == "cpu"
+        and query.shape[2] == 1
+        and not torch.is_grad_enabled()
+    ):
+        return fused_decode_attention(*args).transpose(1, 2), None
     if torch.is_grad_enabled():
         # The scores are materialised (float32, rows x prompt length): keep them out of the saved activations
         # and recompute them in the backward pass, as fused attention kernels do.
@@ -192,14 +216,55 @@ def prefix_suffix_attention(q, k, v, prefix: SharedPrefix, layer: int, scale: fl
         return x.reshape(n, hkv, groups, t, -1) if prefix.regular else x[prefix.rows, prefix.slot]
 
     o1, m1, l1 = to_rows(o1), to_rows(m1), to_rows(l1)
-    # 2. Each row's queries against its own tokens, causally (query i sits at position s - t + i).
-    future = torch.ones(t, s, dtype=torch.bool, device=q.device).triu(diagonal=s - t + 1)
+    # 2. Each row's queries against its own tokens, causally (query i sits at position end - t + i).
+    if prefix.suffix_end is None:
+        future = torch.ones(t, s, dtype=torch.bool, device=q.device).triu(diagonal=s - t + 1)
+    else:
+        at = prefix.suffix_end - t + torch.arange(t, device=q.device)
+        future = torch.arange(s, device=q.device).unsqueeze(0) > at.unsqueeze(1)
     o2, m2, l2 = _partial_softmax(qg, k.unsqueeze(2), v.unsqueeze(2), scale, future)
     # 3. One softmax over both parts, merged by their maxima and sums.
     m = torch.maximum(m1, m2)
     a1, a2 = torch.exp(m1 - m), torch.exp(m2 - m)
     out = (o1 * a1 + o2 * a2) / (l1 * a1 + l2 * a2)
     return out.reshape(n, hq, t, d).to(q.dtype)
+
+
+def fused_decode_attention(q, k, v, prefix: SharedPrefix, layer: int, scale: float) -> torch.Tensor:
+    """`prefix_suffix_attention` of one query per row [N, Hq, 1, D] (decoding, no grad) through the CPU flash
+    kernel: the rows of a prompt against its keys together, each row against its own keys, merged by the
+    two parts' log-sum-exps."""
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    n, hq, _, d = q.shape
+    hkv, s = k.shape[1], k.shape[2]
+    groups = hq // hkv
+    kp, vp = prefix.layers[layer]
+    # One dtype for the kernel (under CPU autocast the rotated q, k are float32, the values bf16).
+    dtype = functools.reduce(torch.promote_types, (x.dtype for x in (q, k, v, kp, vp)))
+    out_dtype, (q, k, v, kp, vp) = q.dtype, (x.to(dtype) for x in (q, k, v, kp, vp))
+    p, c = kp.shape[0], prefix.slots
+    qg = q.reshape(n, hkv, groups, d)
+    if prefix.regular:
+        qp = qg.view(p, c, hkv, groups, d)
+    else:
+        qp = qg.new_zeros(p, c, hkv, groups, d).index_put((prefix.rows, prefix.slot), qg)
+    qp = qp.transpose(1, 2).reshape(p, hkv, c * groups, d)
+    bias = None if prefix.prefix_bias is None else prefix.prefix_bias.to(q.dtype)
+    o1, lse1 = flash(qp, kp, vp, 0.0, False, attn_mask=bias, scale=scale)
+    o1 = o1.reshape(p, hkv, c, groups, d).transpose(1, 2)
+    lse1 = lse1.reshape(p, hkv, c, groups).transpose(1, 2)
+    if prefix.regular:
+        o1, lse1 = o1.reshape(n, hkv, groups, d), lse1.reshape(n, hkv, groups)
+    else:
+        o1, lse1 = o1[prefix.rows, prefix.slot], lse1[prefix.rows, prefix.slot]
+    own = None  # one query per row sees all its own keys, up to the written ones of a fixed-shape store
+    if prefix.suffix_end is not None:
+        written = torch.arange(s, device=q.device) < prefix.suffix_end
+        own = torch.zeros(1, 1, 1, s, dtype=q.dtype, device=q.device).masked_fill(~written, float("-inf"))
+    o2, lse2 = flash(qg, k, v, 0.0, False, attn_mask=own, scale=scale)
+    lse = torch.logaddexp(lse1, lse2)
+    out = o1.float() * torch.exp(lse1 - lse).unsqueeze(-1) + o2.float() * torch.exp(lse2 - lse).unsqueeze(-1)
+    return out.reshape(n, hq, 1, d).to(out_dtype)
 
 
 def _partial_softmax(q, k, v, scale: float, masked: torch.Tensor):

@@ -16,6 +16,7 @@ from samr1.models.qwen2_5_vl.shared_prefix import (
     _partial_softmax,
     enable_shared_prefix,
     feed_shared,
+    fused_decode_attention,
     prefix_suffix_attention,
     share_prefix,
 )
@@ -61,6 +62,31 @@ def test_attention_equals_attention_over_copies(rows, t, s):
     ref_grads = torch.autograd.grad((ref * weights).sum(), (q, k, v, kp, vp))
     for ours_grad, ref_grad in zip(grads, ref_grads):  # kp, vp: summed over the rows sharing them
         torch.testing.assert_close(ours_grad, ref_grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [[0, 0, 0, 1, 1, 1], [1, 0, 1, 1, 0]], ids=["equal-groups", "unequal"])
+def test_fused_decoding_attention_equals_attention_over_copies(rows):
+    """Decoding on CPU (one query per row): the flash kernel's two parts merged by their log-sum-exps."""
+    g = torch.Generator().manual_seed(2)
+    rows = torch.tensor(rows)
+    n, p, hq, hkv, lp, d, s = len(rows), 2, 4, 2, 9, 8, 3
+    q = torch.randn(n, hq, 1, d, generator=g)
+    k, v = (torch.randn(n, hkv, s, d, generator=g) for _ in range(2))
+    kp, vp = (torch.randn(p, hkv, lp, d, generator=g) for _ in range(2))
+    prefix_mask = torch.ones(p, lp, dtype=torch.bool)
+    prefix_mask[1, :4] = False
+    shared = SharedPrefix.of([(kp, vp)], prefix_mask, rows)
+    ref = reference_attention(q, k, v, kp, vp, prefix_mask, rows)
+    torch.testing.assert_close(fused_decode_attention(q, k, v, shared, 0, d**-0.5), ref, rtol=1e-5, atol=1e-6)
+    # A fixed-shape store of 5 own positions with 3 written (static_decode.py): the unwritten 2 are masked.
+    store = [torch.cat([x, torch.randn(n, hkv, 2, d, generator=g)], dim=2) for x in (k, v)]
+    shared.suffix_end = torch.tensor([s])
+    torch.testing.assert_close(
+        fused_decode_attention(q, *store, shared, 0, d**-0.5), ref, rtol=1e-5, atol=1e-6
+    )
+    torch.testing.assert_close(
+        prefix_suffix_attention(q, *store, shared, 0, d**-0.5), ref, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_bf16_scores_are_float32_products():

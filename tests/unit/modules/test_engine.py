@@ -54,6 +54,11 @@ def test_samr1_engine_is_a_rollout_engine_and_decodes_like_generate_rollouts(tin
     assert ours.prompt_index.tolist() == [0, 0, 1, 1]
     with pytest.raises(ValueError, match="check_every"):
         SamR1Engine(tok, check_every=0)
+    with pytest.raises(ValueError, match="compile_step needs static_cache"):
+        SamR1Engine(tok, compile_step=True)
+    static = SamR1Engine(tok, check_every=4, static_cache=True)
+    static.sync_weights(model)
+    assert torch.equal(static.generate(batch, sampling).completion_ids, plain.completion_ids)
 
 
 def test_module_samples_through_its_engine(tiny_checkpoints, cpu_trainer):
@@ -83,3 +88,5 @@ def test_module_samples_through_its_engine(tiny_checkpoints, cpu_trainer):
         module.banned_ids
     )
     assert all(call[2] and call[3] is module.generator for call in engine.calls)  # frozen vision: features
+    with pytest.raises(ValueError, match="decode_compile needs decode_static_cache"):
+        GRPOModule(model_path=tiny_checkpoints["policy"], decode_compile=True)

@@ -139,3 +139,45 @@ def test_finished_rows_leave_the_batch_and_greedy_completions_are_unchanged(
     # Prefill (2 prompts), 7 feeds of 6 rows (the check after the 8th token drops prompt 0's rows), then 3
     # rows until the check after the 12th token finds every row finished.
     assert sizes == [2] + [6] * 7 + [3] * 4
+
+
+def _greedy_kwargs(tok) -> dict:
+    return dict(
+        group_size=3, max_new_tokens=24, pad_token_id=tok.pad_token_id, temperature=0.0, check_every=2
+    )
+
+
+def test_static_cache_decodes_like_the_dynamic_one(tiny_checkpoints, monkeypatch):
+    """Fixed-shape stores (the compilable step): the same greedy completions, every row to the last check."""
+    model, processor, batch = _setup(tiny_checkpoints)
+    tok = processor.tokenizer
+    probe = generate_rollouts(model, batch, tok, eos_token_ids=[tok.pad_token_id], **_greedy_kwargs(tok))
+    eos = [int(probe.completion_ids[0, 6]), int(probe.completion_ids[3, 11])]  # rows stop after 7 and 12
+    dynamic = generate_rollouts(model, batch, tok, eos_token_ids=eos, **_greedy_kwargs(tok))
+    sizes, hook = _decoded_rows(model)
+    static = generate_rollouts(model, batch, tok, eos_token_ids=eos, static_cache=True, **_greedy_kwargs(tok))
+    hook.remove()
+    assert static.lengths.tolist() == [7, 7, 7, 12, 12, 12]
+    assert torch.equal(static.completion_ids, dynamic.completion_ids) and static.texts == dynamic.texts
+    assert sizes == [2] + [6] * 11  # no compaction: the shapes stay fixed
+    with pytest.raises(ValueError, match="compile_step needs static_cache"):
+        generate_rollouts(model, batch, tok, eos_token_ids=eos, compile_step=True, **_greedy_kwargs(tok))
+    monkeypatch.setattr(rollout, "shared_prefix_supported", lambda model, state: False)
+    with pytest.raises(ValueError, match="static_cache needs shared-prefix attention"):
+        generate_rollouts(model, batch, tok, eos_token_ids=eos, static_cache=True, **_greedy_kwargs(tok))
+
+
+@pytest.mark.slow  # torch.compile of the tiny model's decode step: ~35 s on the 2-core CPU
+def test_compiled_static_step_decodes_like_the_dynamic_one(tiny_checkpoints):
+    model, processor, batch = _setup(tiny_checkpoints)
+    tok = processor.tokenizer
+    probe = generate_rollouts(model, batch, tok, eos_token_ids=[tok.pad_token_id], **_greedy_kwargs(tok))
+    eos = [int(probe.completion_ids[0, 6]), int(probe.completion_ids[3, 11])]
+    dynamic = generate_rollouts(model, batch, tok, eos_token_ids=eos, **_greedy_kwargs(tok))
+    for _ in range(2):  # compiled once, then reused
+        compiled = generate_rollouts(
+            model, batch, tok, eos_token_ids=eos, static_cache=True, compile_step=True, **_greedy_kwargs(tok)
+        )
+        assert (
+            torch.equal(compiled.completion_ids, dynamic.completion_ids) and compiled.texts == dynamic.texts
+        )

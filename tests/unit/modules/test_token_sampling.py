@@ -134,16 +134,18 @@ def test_shared_prefix_samples_follow_the_exact_distribution(setup, rollouts, pr
     assert chi_square(_counts(ids, 1), wrong["first"], N) < 1e-6
 
 
-def test_rows_left_after_compaction_sample_the_exact_distribution(setup):
+@pytest.mark.parametrize("static_cache", [False, True], ids=["compacted", "static-cache"])
+def test_rows_left_after_compaction_sample_the_exact_distribution(setup, static_cache):
     """The likeliest first token ends a completion: after the first check those rows leave the batch (rows
-    of a prompt become unequal in number) and the others' second tokens still follow the model exactly."""
+    of a prompt become unequal in number) and the others' second tokens still follow the model exactly;
+    likewise with the fixed-shape stores, where every row stays in the batch."""
     model, tokenizer, batch, _, banned = setup
     exact = first_two_distribution(model, batch, 1, banned, TEMPERATURE, 1.0)
     stop = max(exact["first"], key=exact["first"].get)[0]
     r = generate_rollouts(
         model, batch, tokenizer, group_size=N, max_new_tokens=2, eos_token_ids=[stop],
         pad_token_id=tokenizer.pad_token_id, banned_token_ids=banned, temperature=TEMPERATURE, check_every=1,
-        generator=torch.Generator().manual_seed(1),
+        generator=torch.Generator().manual_seed(1), static_cache=static_cache,
     )  # fmt: skip
     ids = r.completion_ids[r.prompt_index == 1]
     assert ids.shape == (N, 2) and N // 10 < int((ids[:, 0] == stop).sum()) < N
