@@ -61,6 +61,7 @@ def static_state(model, state: DecodeState, rows: torch.Tensor, reserve: int) ->
         )
         for k, v in shared.prefix.layers
     ]
+    # The matmul form of the attention (not the CPU flash kernel of eager decoding): what the compiler fuses.
     prefix = replace(shared.prefix, suffix_end=position + 1)
     return StaticDecodeState(prefix, cache, position, shared.next_position, shared.last_hidden)
 
