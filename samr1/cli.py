@@ -250,7 +250,7 @@ def tiny_main(argv: list[str]) -> None:
         prog="samr1 tiny", description="Write tiny random Qwen2.5-VL and SAM checkpoints (offline, seeded)."
     )
     parser.add_argument("out_dir", help="directory to write (qwen2_5_vl/, sam_vit_tiny.pth, manifest.json)")
-    parser.add_argument("--size", default="tiny", choices=["tiny", "small"])
+    parser.add_argument("--size", default="tiny", choices=["tiny", "demo", "small"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--warmup-steps",
@@ -259,6 +259,15 @@ def tiny_main(argv: list[str]) -> None:
         help="supervised steps on synthetic-shape answers so the policy writes the answer format (demo: 100)",
     )
     parser.add_argument("--warmup-image-size", type=int, default=112)
+    parser.add_argument(
+        "--warmup-prompt", default="samr1", help="the warm-up's prompt_template (GRPO must use the same one)"
+    )
+    parser.add_argument(
+        "--sam-steps",
+        type=int,
+        default=0,
+        help="train the tiny SAM on synthetic shapes for this many steps (demo: 300; 0 keeps it random)",
+    )
     args = parser.parse_args(argv)
     from samr1.tools.tiny import write_tiny_checkpoints
 
@@ -268,6 +277,8 @@ def tiny_main(argv: list[str]) -> None:
         args.seed,
         warmup_steps=args.warmup_steps,
         warmup_image_size=args.warmup_image_size,
+        sam_steps=args.sam_steps,
+        warmup_prompt=args.warmup_prompt,
     )
     print(json.dumps(manifest, indent=2))
 
@@ -296,7 +307,13 @@ def export_main(argv: list[str]) -> None:
     print(f"wrote {export_checkpoint(args.ckpt_path, args.out_dir, overwrite=args.overwrite)}")
 
 
-COMMANDS = {"tiny": tiny_main, "prepare": prepare_main, "export": export_main}
+def report_main(argv: list[str]) -> None:
+    from samr1.tools.demo_report import main as report
+
+    report(argv)
+
+
+COMMANDS = {"tiny": tiny_main, "prepare": prepare_main, "export": export_main, "report": report_main}
 
 
 def main(argv: list[str] | None = None) -> None:

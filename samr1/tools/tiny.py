@@ -9,6 +9,7 @@ They load through exactly the same code as real weights (`from_pretrained`, `loa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -51,6 +52,20 @@ TINY_SIZES: dict[str, dict] = {
     "tiny": dict(
         hidden=64, layers=2, heads=4, kv_heads=2, inter=128, v_hidden=32, v_depth=2, v_heads=2, vocab=1024
     ),
+    # ~0.85M parameters, one token per digit (as Qwen2's tokenizer): the demo's and the learning test's policy,
+    # which the warm-up teaches to localise shapes in a minute on 2 CPU cores.
+    "demo": dict(
+        hidden=128,
+        layers=3,
+        heads=4,
+        kv_heads=2,
+        inter=256,
+        v_hidden=64,
+        v_depth=2,
+        v_heads=2,
+        vocab=1024,
+        individual_digits=True,
+    ),
     # ~10M parameters: the throughput benchmark's policy.
     "small": dict(
         hidden=384, layers=6, heads=6, kv_heads=2, inter=1024, v_hidden=128, v_depth=4, v_heads=4, vocab=2048
@@ -76,13 +91,17 @@ def _corpus(seed: int) -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab_size: int, seed: int = 0):
+def build_tokenizer(vocab_size: int, seed: int = 0, individual_digits: bool = False):
     """A byte-level BPE tokenizer with Qwen's chat special tokens, trained in about a second."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if individual_digits:  # as Qwen2's tokenizer: a number is one token per digit
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(SPECIAL_TOKENS),
@@ -117,7 +136,7 @@ def build_tiny_qwen(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> P
     s = TINY_SIZES[size]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(s["vocab"], seed)
+    tokenizer = build_tokenizer(s["vocab"], seed, s.get("individual_digits", False))
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     head_dim = s["hidden"] // s["heads"]
     half = head_dim // 2
@@ -200,26 +219,46 @@ def write_tiny_checkpoints(
     seed: int = 0,
     warmup_steps: int = 0,
     warmup_image_size: int = 112,
-) -> dict[str, str]:
-    """Write the tiny policy and the tiny SAM under `out_dir`; returns their paths.
+    sam_steps: int = 0,
+    warmup_prompt: str = "samr1",
+) -> dict:
+    """Write the tiny policy and the tiny SAM under `out_dir`; returns their paths (the manifest).
 
     `warmup_steps` > 0 then fits the policy to synthetic-shape answers (see `samr1.tools.warmup`), so that
     it writes the answer format and GRPO's rewards carry signal from the first step (the demo uses this).
+    `sam_steps` > 0 trains the tiny SAM on synthetic shapes at `warmup_image_size` pixels for that many steps
+    (see `samr1.tools.tiny_sam`; the manifest records its held-out ground-truth-prompt IoU); 0 keeps it random.
+    `warmup_prompt` is the instruction the warm-up writes answers to (GRPO's `prompt_template` must match).
     """
     out = Path(out_dir)
     qwen = build_tiny_qwen(out / "qwen2_5_vl", size=size, seed=seed)
-    sam = build_tiny_sam(out / "sam_vit_tiny.pth", seed=seed)
+    sam_report = None
+    if sam_steps > 0:
+        from samr1.tools.tiny_sam import write_trained_sam
+
+        sam_report = write_trained_sam(
+            out / "sam_vit_tiny.pth", steps=sam_steps, image_size=warmup_image_size, seed=seed
+        )
+        sam = Path(sam_report.path)
+    else:
+        sam = build_tiny_sam(out / "sam_vit_tiny.pth", seed=seed)
     if warmup_steps > 0:
         from samr1.tools.warmup import supervised_warmup
 
-        supervised_warmup(qwen, warmup_steps, image_size=warmup_image_size, seed=seed)
+        supervised_warmup(
+            qwen, warmup_steps, image_size=warmup_image_size, prompt_template=warmup_prompt, seed=seed
+        )
     manifest = {
         "warmup_steps": warmup_steps,
+        "warmup_prompt": warmup_prompt,
         "policy": str(qwen),
         "sam_checkpoint": str(sam),
         "sam_model_type": "vit_tiny",
         "size": size,
         "seed": seed,
+        "sam_trained": sam_report is not None,
     }
+    if sam_report is not None:
+        manifest["sam_training"] = dataclasses.asdict(sam_report)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

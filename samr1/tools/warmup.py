@@ -1,55 +1,95 @@
-"""A short supervised warm-up that teaches a tiny random policy the answer format on synthetic shapes.
+"""A short supervised warm-up that teaches a tiny random policy the answer format, and only part of the task.
 
 A randomly initialised policy never writes `<think>...</think><answer>{...}</answer>`, so every reward is 0
-and GRPO has no signal. For the demo, `samr1 tiny DIR --warmup-steps N` fits the tiny policy for N steps to
-the ground-truth answers of synthetic shapes (teacher forcing), then saves it back through `save_pretrained`.
+and GRPO has no signal. `samr1 tiny DIR --warmup-steps N` fits the tiny policy for N steps to answers of
+synthetic shapes (teacher forcing), then saves it back through `save_pretrained`.
+
+The answers are deliberately noisy: with probability `other_shape_rate` a target is the box and points of
+another shape of the same image, not the queried one. The policy learns the format and to put its box on a
+shape, but not reliably on the shape the query names, so the warmed-up policy is measurably imperfect and
+GRPO's mask reward has something to teach: read the colour and kind in the query and pick that shape.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
 
 import torch
 
-from samr1.datamodules.synthetic import make_shapes_sample
+from samr1.datamodules.synthetic import make_scene, make_shapes_sample
+from samr1.geometry import tight_box
 from samr1.models.qwen2_5_vl.loading import load_policy, load_processor
 from samr1.modules.logprobs import completion_logprobs
 from samr1.modules.prompting import PromptBuilder
 from samr1.sample import SegSample
 
+WARMUP_SEED_OFFSET = 1000  # warm-up scenes are not the datamodule's train/val/test scenes
+
 
 def answer_text(sample: SegSample) -> str:
-    """The ground-truth answer in the model's input pixels, in Seg-Zero's format."""
+    """The sample's box and first two points as an answer in the model's input pixels (Seg-Zero's format)."""
     box = [round(v) for v in sample.transform.to_model(sample.box)]
     p1, p2 = (([round(v) for v in sample.transform.to_model(p)]) for p in sample.points[:2])
     answer = json.dumps({"bbox": box, "points_1": p1, "points_2": p2})
     return f"<think> the {sample.meta['colour']} {sample.meta['kind']} </think><answer>{answer}</answer>"
 
 
+def warmup_sample(
+    index: int, seed: int, image_size: int, other_shape_rate: float, rng: random.Random
+) -> SegSample:
+    """Warm-up scene `index`: its query, with the box and points of the queried shape or, with probability
+    `other_shape_rate` (when the image has another shape), of a random other shape."""
+    args = (index, "train", seed + WARMUP_SEED_OFFSET, image_size, 2, 4)
+    sample = make_shapes_sample(*args)
+    if rng.random() >= other_shape_rate:
+        return sample
+    _, shapes, target = make_scene(*args)
+    other = shapes[rng.choice([i for i in range(len(shapes)) if i != target])]
+    return dataclasses.replace(sample, box=tight_box(other.mask(image_size)), points=other.points)
+
+
 def supervised_warmup(
     model_dir: str | Path,
     steps: int,
     image_size: int = 112,
-    batch_size: int = 8,
+    batch_size: int = 16,
     lr: float = 3e-3,
+    other_shape_rate: float = 0.0,
+    prompt_template: str = "samr1",
     seed: int = 0,
 ) -> list[float]:
-    """Fit the policy in `model_dir` to synthetic-shape answers for `steps` steps; returns the losses."""
+    """Fit the policy in `model_dir` to synthetic-shape answers for `steps` steps; returns the losses.
+
+    Args:
+        model_dir: the Qwen2.5-VL directory to fit and overwrite.
+        steps: optimiser steps (AdamW, constant `lr`).
+        image_size: side of the synthetic images, which the policy also sees at this size.
+        batch_size: answers per step.
+        lr: learning rate.
+        other_shape_rate: probability that a target answer is another shape of the image (0: always the
+            queried one).
+        prompt_template: the instruction, a preset name or a template with `{query}` (as
+            `GRPOModule.prompt_template`; GRPO must then use the same one).
+        seed: seeds the initial state, the scenes and the noise.
+    """
+    if not 0.0 <= other_shape_rate <= 1.0:
+        raise ValueError(f"other_shape_rate must be in [0, 1], got {other_shape_rate}")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = load_policy(str(model_dir))
     processor = load_processor(str(model_dir))
     tokenizer = processor.tokenizer
-    builder = PromptBuilder(processor, image_size=(image_size, image_size))
+    builder = PromptBuilder(processor, template=prompt_template, image_size=(image_size, image_size))
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
     losses = []
     for _ in range(steps):
         samples = [
-            make_shapes_sample(rng.randrange(10**6), "train", seed + 1000, image_size, 2, 4)
+            warmup_sample(rng.randrange(10**6), seed, image_size, other_shape_rate, rng)
             for _ in range(batch_size)
         ]
         prompts = builder(samples)
