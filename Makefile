@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TINY := .tiny
+DEMO_WARMUP_STEPS ?= 300
+DEMO_SAM_STEPS ?= 600
 
 .PHONY: demo test lint install clean bench
 
@@ -17,15 +19,20 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The tiny policy (warmed up to the answer format, not to the task) and the tiny SAM, trained on shapes.
 $(TINY)/manifest.json: | $(STAMP)
-	$(BIN)/samr1 tiny $(TINY) --warmup-steps 100
+	$(BIN)/samr1 tiny $(TINY) --size demo --warmup-steps $(DEMO_WARMUP_STEPS) --warmup-prompt "Find {query}." \
+		--sam-steps $(DEMO_SAM_STEPS)
 
-# Train the tiny policy with GRPO on synthetic shapes (SAM-R1 rewards, tiny SAM), then test the checkpoint
-# this fit wrote (a fit refuses a run directory that already holds another run).
+# Test the warm-up policy (before), train it with GRPO on synthetic shapes (SAM-R1's rewards and loss, the
+# trained tiny SAM), test the checkpoint this fit wrote (after), then print the before/after table and draw
+# runs/demo/curves.png and runs/demo/overlays.png.
 demo: $(STAMP) $(TINY)/manifest.json
 	rm -rf runs/demo  # the demo owns runs/demo: each run tests the checkpoint its own fit wrote
+	$(BIN)/samr1 test --config configs/demo.yaml --model.predictions_path runs/demo/baseline.jsonl
 	$(BIN)/samr1 fit --config configs/demo.yaml
 	$(BIN)/samr1 test --config configs/demo.yaml --ckpt_path runs/demo/checkpoints/last.ckpt
+	$(BIN)/samr1 report runs/demo --config configs/demo.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check samr1 tests benchmarks

@@ -256,7 +256,7 @@ def tiny_main(argv: list[str]) -> None:
         "--warmup-steps",
         type=int,
         default=0,
-        help="supervised steps on synthetic-shape answers so the policy writes the answer format (demo: 100)",
+        help="supervised steps on synthetic-shape answers so the policy writes the answer format (demo: 300)",
     )
     parser.add_argument("--warmup-image-size", type=int, default=112)
     parser.add_argument(
@@ -266,7 +266,7 @@ def tiny_main(argv: list[str]) -> None:
         "--sam-steps",
         type=int,
         default=0,
-        help="train the tiny SAM on synthetic shapes for this many steps (demo: 300; 0 keeps it random)",
+        help="train the tiny SAM on synthetic shapes for this many steps (demo: 600; 0 keeps it random)",
     )
     args = parser.parse_args(argv)
     from samr1.tools.tiny import write_tiny_checkpoints

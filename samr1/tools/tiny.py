@@ -52,8 +52,7 @@ TINY_SIZES: dict[str, dict] = {
     "tiny": dict(
         hidden=64, layers=2, heads=4, kv_heads=2, inter=128, v_hidden=32, v_depth=2, v_heads=2, vocab=1024
     ),
-    # ~0.85M parameters, one token per digit (as Qwen2's tokenizer): the demo's and the learning test's policy,
-    # which the warm-up teaches to localise shapes in a minute on 2 CPU cores.
+    # ~0.85M parameters, one token per digit (as Qwen2's tokenizer): the demo's and the learning test's policy.
     "demo": dict(
         hidden=128,
         layers=3,
