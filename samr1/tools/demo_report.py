@@ -161,13 +161,13 @@ def curve_panels(series: dict[str, tuple[list[float], list[float]]]) -> list[Ima
     def get(key: str) -> tuple[list[float], list[float]]:
         return series.get(f"train/{key}", ([], []))
 
+    logged = {key[len("train/reward/") :] for key in series if key.startswith("train/reward/")}
+    # A reward's details are logged as "<name>_<detail>" (mask_iou_iou, mask_iou_sam_score, ..._std): a key
+    # is a reward of its own unless it starts with another logged reward's name and "_".
     reward_names = sorted(
-        key[len("train/reward/") :]
-        for key in series
-        if key.startswith("train/reward/")
-        and not key.endswith("_std")
-        and key not in ("train/reward/mean", "train/reward/std", "train/reward/flat_group_frac")
-        and "_" + key.rsplit("_", 1)[-1] not in ("_iou", "_score", "_l1")
+        name
+        for name in logged - {"mean", "std", "flat_group_frac"}
+        if not any(name.startswith(other + "_") for other in logged if other != name)
     )
     panels = [line_plot("mean total reward", [("total", *get("reward/mean"))])]
     panels += [line_plot(f"reward: {name}", [(name, *get(f"reward/{name}"))]) for name in reward_names]

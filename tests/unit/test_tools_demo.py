@@ -1,0 +1,44 @@
+"""The demo's offline tools: the tiny SAM trainer's checkpoint loads through build_sam; the report's table and
+training-log choice."""
+
+from __future__ import annotations
+
+import torch
+
+from samr1.tools.demo_report import comparison_table, curve_panels, metrics_csv, read_series
+from samr1.tools.tiny_sam import train_tiny_sam, write_trained_sam
+
+
+def test_trained_tiny_sam_is_an_official_state_dict_that_build_sam_loads(tmp_path):
+    report = write_trained_sam(tmp_path / "sam.pth", steps=2, eval_samples=2)
+    state = torch.load(report.path, weights_only=True)
+    assert "image_encoder.patch_embed.proj.weight" in state and "mask_decoder.iou_token.weight" in state
+    assert report.steps == 2 and report.eval_samples == 2 and 0.0 <= report.gt_box_points_iou <= 1.0
+    again = train_tiny_sam(steps=2, seed=0)
+    assert all(torch.equal(state[k], v) for k, v in again.state_dict().items())  # seeded
+
+
+def test_comparison_table_lists_summary_metrics_as_percent_and_rewards_as_values():
+    before = {"samples": 32, "giou": 0.05, "ciou": 0.04, "reward/mask_iou": 0.1875}
+    after = {"samples": 32, "giou": 0.1258, "ciou": 0.05, "reward/mask_iou": 0.5}
+    lines = comparison_table(before, after).splitlines()
+    assert lines[2] == f"{'giou':<26}{'5.00%':>10}{'12.58%':>10}{'+7.58%':>10}"
+    assert lines[4] == f"{'reward/mask_iou':<26}{'0.1875':>10}{'0.5000':>10}{'+0.3125':>10}"
+    assert lines[5] == f"{'samples':<26}{'32':>10}{'32':>10}"
+
+
+def test_report_reads_the_fit_log_not_the_test_runs_logs(tmp_path):
+    for version, header, row in (
+        (0, "epoch,step,test/giou", "0,0,0.05"),
+        (1, "epoch,step,train/reward/mean,train/reward/mask_iou,train/kl", "0,1,2.0,0.5,0.01"),
+        (2, "epoch,step,test/giou", "0,40,0.12"),
+    ):
+        folder = tmp_path / "csv" / f"version_{version}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.csv").write_text(f"{header}\n{row}\n")
+    path = metrics_csv(tmp_path)
+    assert path.parent.name == "version_1"
+    series = read_series(path)
+    assert series["train/reward/mask_iou"] == ([1.0], [0.5])
+    # total reward, the one reward, mask IoU, KL, completion length
+    assert len(curve_panels(series)) == 5
