@@ -21,10 +21,13 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def warm_checkpoints(tmp_path_factory) -> dict[str, str]:
-    """Tiny checkpoints whose policy was warmed up to write the answer format (non-trivial metrics)."""
+    """Tiny checkpoints whose policy was warmed up to write the answer format (non-trivial metrics), to the
+    instruction configs/demo.yaml uses."""
     from samr1.tools.tiny import write_tiny_checkpoints
 
-    return write_tiny_checkpoints(tmp_path_factory.mktemp("warm"), size="tiny", seed=0, warmup_steps=60)
+    return write_tiny_checkpoints(
+        tmp_path_factory.mktemp("warm"), size="tiny", seed=0, warmup_steps=60, warmup_prompt="Find {query}."
+    )
 
 
 @pytest.fixture

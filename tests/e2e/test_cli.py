@@ -28,7 +28,7 @@ def test_print_config_shows_the_whole_recipe(tmp_path, tiny_checkpoints, capsys)
         main(["fit", "--config", _demo_config(tmp_path, tiny_checkpoints), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["group_size"] == 4
+    assert printed["model"]["group_size"] == 8
     assert printed["model"]["clip_high"] == 0.3
     assert [r["class_path"] for r in printed["model"]["rewards"]] == [
         "samr1.rewards.ThinkFormatReward",
@@ -85,7 +85,7 @@ def test_fit_then_test_writes_checkpoint_and_predictions(tmp_path, tiny_checkpoi
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
     main(["test", "--config", config, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")])
     lines = (tmp_path / "pred.jsonl").read_text().splitlines()
-    assert len(lines) == 16  # every test sample, none dropped
+    assert len(lines) == 32  # every test sample, none dropped
     out = capsys.readouterr().out
     assert "giou" in out and "parse_failure_rate" in out
 
