@@ -60,11 +60,16 @@ def write_config(path: Path, run_dir: Path, tiny: dict, drop_model: tuple[str, .
         image_size=[56, 56],
         max_new_tokens=8,
         predictions_path=str(run_dir / "test_predictions.jsonl"),
+        group_size=4,  # the step and epoch counts below assume 2 iterations per rollout batch of 2 prompts
+        num_iterations=2,
+        micro_batch_size=8,
     )
     config["model"].update(model)
     for key in drop_model:
         config["model"].pop(key)
-    config["data"]["init_args"].update(num_train=6, num_val=2, num_test=2, image_size=56, eval_batch_size=2)
+    config["data"]["init_args"].update(
+        num_train=6, num_val=2, num_test=2, image_size=56, batch_size=2, eval_batch_size=2
+    )
     path.write_text(yaml.safe_dump(config))
     return str(path)
 
