@@ -40,7 +40,10 @@ def one_step_changes(module: GRPOModule, tmp_path, **trainer) -> dict[str, tuple
         **trainer,
     )
     fit.fit(
-        module, datamodule=SyntheticShapesDataModule(num_train=2, image_size=56, batch_size=1, val_split=None)
+        module,
+        datamodule=SyntheticShapesDataModule(
+            num_train=2, image_size=56, batch_size=1, val_split=None, seed=1
+        ),
     )
     after = module.policy.state_dict()
     return {
