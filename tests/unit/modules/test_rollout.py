@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -97,6 +99,21 @@ def test_checking_for_the_end_every_k_tokens_gives_the_same_completions(tiny_che
     assert runs[0].texts == runs[1].texts
 
 
+def _stop_tokens(probe, check_every: int) -> tuple[list[int], int, int]:
+    """Two stop tokens that end prompt 0's rows and prompt 1's rows at different lengths, in different check
+    windows, from a greedy probe (a prompt's greedy copies agree): (tokens, length 0, length 1)."""
+    a, b = probe.completion_ids[0].tolist(), probe.completion_ids[3].tolist()
+    for i in range(2, len(a) - 1):
+        if a[i] in a[:i]:
+            continue
+        for j in range(i + 1, len(b) - 1):
+            window_0, window_1 = math.ceil((i + 1) / check_every), math.ceil((j + 1) / check_every)
+            if b[j] in b[:j] or b[j] in a[: i + 1] or a[i] in b[: j + 1] or window_0 == window_1:
+                continue
+            return [a[i], b[j]], i + 1, j + 1
+    raise AssertionError("the probe's two prompts never diverge: no stop tokens to choose")
+
+
 def _decoded_rows(model) -> tuple[list[int], object]:
     """The batch size of every decoder call (a forward pre-hook) and the hook's handle."""
     sizes: list[int] = []
@@ -126,19 +143,19 @@ def test_finished_rows_leave_the_batch_and_greedy_completions_are_unchanged(
         )  # fmt: skip
 
     probe = greedy([tok.pad_token_id], False)
-    # Prompt 0's rows stop after 7 tokens, prompt 1's after 12 (greedy copies of a prompt agree).
-    eos = [int(probe.completion_ids[0, 6]), int(probe.completion_ids[3, 11])]
+    eos, short, long = _stop_tokens(probe, check_every=2)
     plain = greedy(eos, False)
     sizes, hook = _decoded_rows(model)
     compacted = greedy(eos, True)
     hook.remove()
-    assert plain.lengths.tolist() == [7, 7, 7, 12, 12, 12]
+    assert plain.lengths.tolist() == [short] * 3 + [long] * 3
     assert torch.equal(compacted.completion_ids, plain.completion_ids)
     assert torch.equal(compacted.completion_mask, plain.completion_mask)
     assert compacted.texts == plain.texts and torch.equal(compacted.truncated, plain.truncated)
-    # Prefill (2 prompts), 7 feeds of 6 rows (the check after the 8th token drops prompt 0's rows), then 3
-    # rows until the check after the 12th token finds every row finished.
-    assert sizes == [2] + [6] * 7 + [3] * 4
+    # Prefill (2 prompts), 6 rows until the check that follows prompt 0's last token drops its rows, then 3
+    # rows until the check that follows prompt 1's last token (checks after every 2nd token).
+    first_check, last_check = 2 * math.ceil(short / 2), 2 * math.ceil(long / 2)
+    assert sizes == [2] + [6] * (first_check - 1) + [3] * (last_check - first_check)
 
 
 def _greedy_kwargs(tok) -> dict:
@@ -152,14 +169,14 @@ def test_static_cache_decodes_like_the_dynamic_one(tiny_checkpoints, monkeypatch
     model, processor, batch = _setup(tiny_checkpoints)
     tok = processor.tokenizer
     probe = generate_rollouts(model, batch, tok, eos_token_ids=[tok.pad_token_id], **_greedy_kwargs(tok))
-    eos = [int(probe.completion_ids[0, 6]), int(probe.completion_ids[3, 11])]  # rows stop after 7 and 12
+    eos, short, long = _stop_tokens(probe, check_every=2)
     dynamic = generate_rollouts(model, batch, tok, eos_token_ids=eos, **_greedy_kwargs(tok))
     sizes, hook = _decoded_rows(model)
     static = generate_rollouts(model, batch, tok, eos_token_ids=eos, static_cache=True, **_greedy_kwargs(tok))
     hook.remove()
-    assert static.lengths.tolist() == [7, 7, 7, 12, 12, 12]
+    assert static.lengths.tolist() == [short] * 3 + [long] * 3
     assert torch.equal(static.completion_ids, dynamic.completion_ids) and static.texts == dynamic.texts
-    assert sizes == [2] + [6] * 11  # no compaction: the shapes stay fixed
+    assert sizes == [2] + [6] * (2 * math.ceil(long / 2) - 1)  # no compaction: the shapes stay fixed
     with pytest.raises(ValueError, match="compile_step needs static_cache"):
         generate_rollouts(model, batch, tok, eos_token_ids=eos, compile_step=True, **_greedy_kwargs(tok))
     monkeypatch.setattr(rollout, "shared_prefix_supported", lambda model, state: False)
@@ -172,7 +189,7 @@ def test_compiled_static_step_decodes_like_the_dynamic_one(tiny_checkpoints):
     model, processor, batch = _setup(tiny_checkpoints)
     tok = processor.tokenizer
     probe = generate_rollouts(model, batch, tok, eos_token_ids=[tok.pad_token_id], **_greedy_kwargs(tok))
-    eos = [int(probe.completion_ids[0, 6]), int(probe.completion_ids[3, 11])]
+    eos, _, _ = _stop_tokens(probe, check_every=2)
     dynamic = generate_rollouts(model, batch, tok, eos_token_ids=eos, **_greedy_kwargs(tok))
     for _ in range(2):  # compiled once, then reused
         compiled = generate_rollouts(
