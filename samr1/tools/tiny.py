@@ -48,7 +48,7 @@ _CORPUS_WORDS = (
 ).split()
 
 TINY_SIZES: dict[str, dict] = {
-    # ~0.2M parameters: unit tests and the demo on 2 CPU cores.
+    # ~0.2M parameters: the unit and end-to-end tests on 2 CPU cores.
     "tiny": dict(
         hidden=64, layers=2, heads=4, kv_heads=2, inter=128, v_hidden=32, v_depth=2, v_heads=2, vocab=1024
     ),
