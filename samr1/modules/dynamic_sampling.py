@@ -82,20 +82,13 @@ def restore_reward_details(rewards: list[Reward], scored: ScoredRound) -> None:
 
 def select_prompts(batch: PromptBatch, prompts: list[int]) -> PromptBatch:
     """The prompts `prompts` of `batch`, with their images (patch rows and grids)."""
-    patches = batch.image_grid_thw.prod(-1).tolist()
-    first_patch = [0]
-    for n in patches:
-        first_patch.append(first_patch[-1] + n)
-    first_image = [0]
-    for n in batch.images_per_prompt:
-        first_image.append(first_image[-1] + n)
-    images = [i for p in prompts for i in range(first_image[p], first_image[p + 1])]
+    images = batch.image_indices(prompts)
     rows = torch.as_tensor(prompts, dtype=torch.long, device=batch.input_ids.device)
     return dataclasses.replace(
         batch,
         input_ids=batch.input_ids.index_select(0, rows),
         attention_mask=batch.attention_mask.index_select(0, rows),
-        pixel_values=torch.cat([batch.pixel_values[first_patch[i] : first_patch[i + 1]] for i in images]),
+        pixel_values=batch.image_pixels(images),
         image_grid_thw=batch.image_grid_thw[images],
         images_per_prompt=[batch.images_per_prompt[p] for p in prompts],
         samples=[batch.samples[p] for p in prompts],

@@ -127,6 +127,20 @@ class PromptBatch:
         }
         return dataclasses.replace(self, **tensors)
 
+    def image_indices(self, prompts: list[int]) -> list[int]:
+        """The images (rows of `image_grid_thw`) of `prompts`, in their order."""
+        first = [0]
+        for n in self.images_per_prompt:
+            first.append(first[-1] + n)
+        return [i for p in prompts for i in range(first[p], first[p + 1])]
+
+    def image_pixels(self, images: list[int]) -> torch.Tensor:
+        """The `pixel_values` rows (patches) of `images`, concatenated in their order."""
+        first = [0]
+        for n in self.image_grid_thw.prod(-1).tolist():
+            first.append(first[-1] + n)
+        return torch.cat([self.pixel_values[first[i] : first[i + 1]] for i in images])
+
     @property
     def image_token_counts(self) -> torch.Tensor:
         """Vision tokens each image occupies in the prompt (after 2 x 2 merging)."""

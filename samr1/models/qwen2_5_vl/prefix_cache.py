@@ -89,15 +89,8 @@ def image_features(model, batch: PromptBatch, prompts: list[int] | None = None) 
     """Vision tower outputs, one tensor [tokens, hidden] per prompt (its images concatenated)."""
     visual, _, _ = model_parts(model)
     prompts = list(range(len(batch))) if prompts is None else prompts
-    patches = batch.image_grid_thw.prod(-1).tolist()
-    starts = [0]
-    for n in patches:
-        starts.append(starts[-1] + n)
-    first_image = [0]
-    for n in batch.images_per_prompt:
-        first_image.append(first_image[-1] + n)
-    image_ids = [i for p in prompts for i in range(first_image[p], first_image[p + 1])]
-    pixels = torch.cat([batch.pixel_values[starts[i] : starts[i + 1]] for i in image_ids])
+    image_ids = batch.image_indices(prompts)
+    pixels = batch.image_pixels(image_ids)
     grid = batch.image_grid_thw[image_ids]
     out = visual(pixels.to(visual.dtype), grid_thw=grid)
     feats = out.pooler_output if hasattr(out, "pooler_output") else out
@@ -161,8 +154,9 @@ def prefill(model, batch: PromptBatch, prompts: list[int] | None = None, feature
     embeds = embed(input_ids)
     image_mask = (input_ids == _image_token_id(model)).unsqueeze(-1)
     embeds = embeds.masked_scatter(image_mask, torch.cat(features).to(embeds.dtype))
-    image_rows = [i for p in prompts for i in _image_rows(batch, p)]
-    positions = rope_positions(model, input_ids, attention_mask, batch.image_grid_thw[image_rows])
+    positions = rope_positions(
+        model, input_ids, attention_mask, batch.image_grid_thw[batch.image_indices(prompts)]
+    )
     out = decoder(
         inputs_embeds=embeds,
         attention_mask=attention_mask,
@@ -199,8 +193,3 @@ def feed(model, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
 def _image_token_id(model) -> int:
     base = unwrap(model)
     return base.config.image_token_id
-
-
-def _image_rows(batch: PromptBatch, prompt: int) -> range:
-    start = sum(batch.images_per_prompt[:prompt])
-    return range(start, start + batch.images_per_prompt[prompt])
