@@ -130,14 +130,20 @@ def test_gradient_flows_only_through_unclipped_masked_tokens():
     torch.testing.assert_close(logp.grad, expected)
 
 
-@pytest.mark.parametrize("aggregation", ["token", "sequence", "fixed"])
-def test_weighted_micro_batches_equal_one_pass(aggregation):
-    # The trainer accumulates micro-batch losses weighted by aggregation_units; the gradient must be the same.
-    g = torch.Generator().manual_seed(0)
+def _random_batch(seed: int) -> tuple[torch.Tensor, ...]:
+    """Six completions of five tokens: log-probs (requiring grad), old log-probs, advantages, a mask."""
+    g = torch.Generator().manual_seed(seed)
     logp = torch.randn(6, 5, generator=g).requires_grad_(True)
     old = logp.detach() + 0.1 * torch.randn(6, 5, generator=g)
     adv = torch.randn(6, generator=g)
     mask = (torch.rand(6, 5, generator=g) > 0.3).long()
+    return logp, old, adv, mask
+
+
+@pytest.mark.parametrize("aggregation", ["token", "sequence", "fixed"])
+def test_weighted_micro_batches_equal_one_pass(aggregation):
+    # The trainer accumulates micro-batch losses weighted by aggregation_units; the gradient must be the same.
+    logp, old, adv, mask = _random_batch(seed=0)
     full, _ = policy_loss(logp, old, adv, mask, aggregation=aggregation, max_length=5)
     (full_grad,) = torch.autograd.grad(full, logp)
     total = aggregation_units(mask, aggregation)
@@ -174,11 +180,7 @@ def test_policy_loss_normaliser_must_be_positive():
 @pytest.mark.parametrize("aggregation", ["token", "sequence", "fixed"])
 def test_shares_of_a_global_normaliser_add_up_to_one_pass(aggregation):
     # What each process does: every part's loss divided by the whole batch's units; the gradients add up.
-    g = torch.Generator().manual_seed(1)
-    logp = torch.randn(6, 5, generator=g).requires_grad_(True)
-    old = logp.detach() + 0.1 * torch.randn(6, 5, generator=g)
-    adv = torch.randn(6, generator=g)
-    mask = (torch.rand(6, 5, generator=g) > 0.3).long()
+    logp, old, adv, mask = _random_batch(seed=1)
     full, _ = policy_loss(logp, old, adv, mask, aggregation=aggregation, max_length=5)
     (full_grad,) = torch.autograd.grad(full, logp)
     total = aggregation_units(mask, aggregation)
