@@ -204,12 +204,6 @@ class GRPOModule(L.LightningModule):
         check_module_options(locals())  # every option's range, by name, before anything loads (options.py)
         AnswerSegmenter(None, mask_selection)  # fails at start on an unknown mask_selection
         resolve_prompt(prompt_template)  # ... and on a template that is neither a preset nor fillable
-        if decode_compile and not decode_static_cache:
-            raise ValueError("decode_compile needs decode_static_cache: true (fixed shapes to compile)")
-        if max_resample_rounds < 0:
-            raise ValueError(f"max_resample_rounds must be at least 0, got {max_resample_rounds}")
-        if importance_level not in ("token", "sequence"):
-            raise ValueError(f"importance_level must be 'token' or 'sequence', got {importance_level!r}")
         check_model_path(model_path)
         if sam_checkpoint is not None:
             from pathlib import Path
@@ -235,9 +229,8 @@ class GRPOModule(L.LightningModule):
         self._frozen: dict[str, ReferenceModel | AdapterDisabledReference] = {}
         self.evaluator = Evaluator([r.name for r in self.rewards], tuple(eval_groups), eval_multi_object)
         self.generator: torch.Generator | None = None
-        self.rollout_engine: RolloutEngine | None = (
-            None  # samples the rollouts (engine.py); set up with the model
-        )
+        # Samples the rollouts (engine.py); set up with the model unless assigned before.
+        self.rollout_engine: RolloutEngine | None = None
         self.last_step: StepRecord | None = None  # None after a batch that only added to the group pool
         self.group_pool: GroupPool | None = None
         self._restored_generator_state: torch.Tensor | None = None
@@ -279,7 +272,6 @@ class GRPOModule(L.LightningModule):
                 hp.decode_static_cache,
                 hp.decode_compile,
             )
-        hp = self.hparams
         self.eval_decoding = decoding_settings(
             hp.model_path, hp.eval_max_new_tokens or hp.max_new_tokens, hp.eval_repetition_penalty
         )

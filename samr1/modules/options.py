@@ -17,6 +17,7 @@ from samr1.modules.prompting import PATCH_FACTOR
 _CHOICES = {
     "lr_schedule": ("constant", "cosine", "linear"),
     "aggregation": ("token", "sequence", "fixed"),
+    "importance_level": ("token", "sequence"),
     "advantage_scale": ("group", "batch", "none"),
     "param_dtype": ("float32", "bfloat16", "float16"),
     "compute_dtype": ("float32", "bfloat16", "float16"),
@@ -30,6 +31,7 @@ _INTEGER_MINIMUM = {
     "group_size": 2,  # group-relative advantages compare at least two completions
     "max_new_tokens": 1,
     "decode_check_every": 1,
+    "max_resample_rounds": 0,
     "eval_max_new_tokens": 1,
     "num_iterations": 1,
     "mini_batch_size": 1,
@@ -81,6 +83,8 @@ def check_module_options(options: Mapping[str, Any]) -> None:
             continue
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
             raise OptionError(f"{name} must be an integer >= {low}, got {value!r}")
+    if o.get("decode_compile") and not o.get("decode_static_cache"):
+        raise OptionError("decode_compile needs decode_static_cache: true (fixed shapes to compile)")
     if o["max_pixels"] < o["min_pixels"]:
         raise OptionError(f"max_pixels must be >= min_pixels ({o['min_pixels']}), got {o['max_pixels']!r}")
     _check_image_size(o)
