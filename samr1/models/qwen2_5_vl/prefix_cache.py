@@ -8,6 +8,7 @@ so the same path serves generation (no grad) and the update (with grad).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -30,9 +31,14 @@ def model_parts(model) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Modul
     return inner.visual, inner.language_model, base.lm_head
 
 
-def _cache_kwarg(decoder: torch.nn.Module) -> str:
-    # transformers 5 renamed `past_key_values` to `cache`; accept either.
-    params = inspect.signature(decoder.forward).parameters
+def cache_kwarg(decoder: torch.nn.Module) -> str:
+    """The name of the decoder's cache argument: transformers 5 renamed `past_key_values` to `cache`."""
+    return _cache_kwarg_of(type(decoder))
+
+
+@functools.cache
+def _cache_kwarg_of(decoder_class: type) -> str:  # read once per class: feeds run at every decoded token
+    params = inspect.signature(decoder_class.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
@@ -162,7 +168,7 @@ def prefill(model, batch: PromptBatch, prompts: list[int] | None = None, feature
         attention_mask=attention_mask,
         position_ids=positions,
         use_cache=True,
-        **{_cache_kwarg(decoder): DynamicCache()},
+        **{cache_kwarg(decoder): DynamicCache()},
     )
     cache = out.cache if hasattr(out, "cache") else out.past_key_values
     valid = attention_mask.bool()
@@ -182,7 +188,7 @@ def feed(model, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
         attention_mask=mask,
         position_ids=positions,
         use_cache=True,
-        **{_cache_kwarg(decoder): state.cache},
+        **{cache_kwarg(decoder): state.cache},
     )
     state.attention_mask = mask
     state.next_position = state.next_position + t

@@ -15,7 +15,6 @@ every other call (prefill, plain forwards) to the original implementation unchan
 from __future__ import annotations
 
 import functools
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +24,7 @@ from transformers.cache_utils import DynamicLayer
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from samr1.models.qwen2_5_vl.prefix_cache import DecodeState, cache_layers, model_parts
+from samr1.models.qwen2_5_vl.prefix_cache import DecodeState, cache_kwarg, cache_layers, model_parts
 
 NAME = "samr1_shared_prefix:"  # + the wrapped implementation
 SUPPORTED = ("sdpa", "eager")  # the dispatcher keeps every other call on these unchanged
@@ -127,7 +126,7 @@ def feed_shared(model, state: SharedDecodeState, tokens: torch.Tensor) -> torch.
     positions = (state.next_position.unsqueeze(1) + offsets).unsqueeze(0).expand(3, n, t)
     # A dict mask skips transformers' mask construction: the attention below masks by itself.
     masks = {kind: state.prefix for kind in set(getattr(decoder.config, "layer_types", ["full_attention"]))}
-    extra = {_cache_kwarg(decoder): state.cache} if state.cache is not None else {}
+    extra = {cache_kwarg(decoder): state.cache} if state.cache is not None else {}
     out = decoder(
         input_ids=tokens,
         attention_mask=masks,
@@ -337,9 +336,3 @@ def _eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
     return eager_attention_forward(
         module, query, key, value, attention_mask, scaling=scaling, dropout=dropout
     )
-
-
-def _cache_kwarg(decoder: torch.nn.Module) -> str:
-    # transformers 5 renamed `past_key_values` to `cache`; accept either.
-    params = inspect.signature(decoder.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"

@@ -16,8 +16,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from samr1.models.qwen2_5_vl.prefix_cache import DecodeState, model_parts
-from samr1.models.qwen2_5_vl.shared_prefix import SharedPrefix, _cache_kwarg, share_prefix
+from samr1.models.qwen2_5_vl.prefix_cache import DecodeState, cache_kwarg, model_parts
+from samr1.models.qwen2_5_vl.shared_prefix import SharedPrefix, share_prefix
 
 
 class StaticSuffixLayer(DynamicLayer):
@@ -77,7 +77,7 @@ def static_step(model, state: StaticDecodeState, tokens: torch.Tensor) -> torch.
         attention_mask=masks,
         position_ids=positions,
         use_cache=True,
-        **{_cache_kwarg(decoder): state.cache},
+        **{cache_kwarg(decoder): state.cache},
     )
     return out.last_hidden_state
 
