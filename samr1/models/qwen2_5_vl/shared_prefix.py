@@ -198,23 +198,12 @@ def prefix_suffix_attention(q, k, v, prefix: SharedPrefix, layer: int, scale: fl
     of a prompt. Returns [N, Hq, T, D]."""
     n, hq, t, d = q.shape
     hkv, s = k.shape[1], k.shape[2]
-    groups = hq // hkv
     kp, vp = prefix.layers[layer]
-    p, c = kp.shape[0], prefix.slots
-    qg = q.view(n, hkv, groups, t, d)
-    # 1. Queries of a prompt's rows together: [P, Hkv, c * groups * T, D] against its keys, read once.
-    if prefix.regular:
-        qp = qg.view(p, c, hkv, groups, t, d)
-    else:
-        qp = qg.new_zeros(p, c, hkv, groups, t, d).index_put((prefix.rows, prefix.slot), qg)
-    qp = qp.transpose(1, 2).reshape(p, hkv, c * groups * t, d)
+    qg = q.view(n, hkv, hq // hkv, t, d)
+    # 1. Queries of a prompt's rows together against its keys, read once.
+    qp = _queries_by_prompt(qg, prefix)
     o1, m1, l1 = _partial_softmax(qp, kp, vp, scale, ~prefix.prefix_mask[:, None, None, :])
-
-    def to_rows(x: torch.Tensor) -> torch.Tensor:  # [P, Hkv, c*groups*T, X] -> [N, Hkv, groups, T, X]
-        x = x.view(p, hkv, c, groups, t, -1).transpose(1, 2)
-        return x.reshape(n, hkv, groups, t, -1) if prefix.regular else x[prefix.rows, prefix.slot]
-
-    o1, m1, l1 = to_rows(o1), to_rows(m1), to_rows(l1)
+    o1, m1, l1 = (_back_to_rows(x, prefix, qg.shape) for x in (o1, m1, l1))
     # 2. Each row's queries against its own tokens, causally (query i sits at position end - t + i).
     if prefix.suffix_end is None:
         future = torch.ones(t, s, dtype=torch.bool, device=q.device).triu(diagonal=s - t + 1)
@@ -241,21 +230,12 @@ def fused_decode_attention(q, k, v, prefix: SharedPrefix, layer: int, scale: flo
     # One dtype for the kernel (under CPU autocast the rotated q, k are float32, the values bf16).
     dtype = functools.reduce(torch.promote_types, (x.dtype for x in (q, k, v, kp, vp)))
     out_dtype, (q, k, v, kp, vp) = q.dtype, (x.to(dtype) for x in (q, k, v, kp, vp))
-    p, c = kp.shape[0], prefix.slots
-    qg = q.reshape(n, hkv, groups, d)
-    if prefix.regular:
-        qp = qg.view(p, c, hkv, groups, d)
-    else:
-        qp = qg.new_zeros(p, c, hkv, groups, d).index_put((prefix.rows, prefix.slot), qg)
-    qp = qp.transpose(1, 2).reshape(p, hkv, c * groups, d)
+    qg = q.reshape(n, hkv, groups, 1, d)
     bias = None if prefix.prefix_bias is None else prefix.prefix_bias.to(q.dtype)
-    o1, lse1 = flash(qp, kp, vp, 0.0, False, attn_mask=bias, scale=scale)
-    o1 = o1.reshape(p, hkv, c, groups, d).transpose(1, 2)
-    lse1 = lse1.reshape(p, hkv, c, groups).transpose(1, 2)
-    if prefix.regular:
-        o1, lse1 = o1.reshape(n, hkv, groups, d), lse1.reshape(n, hkv, groups)
-    else:
-        o1, lse1 = o1[prefix.rows, prefix.slot], lse1[prefix.rows, prefix.slot]
+    o1, lse1 = flash(_queries_by_prompt(qg, prefix), kp, vp, 0.0, False, attn_mask=bias, scale=scale)
+    o1 = _back_to_rows(o1, prefix, qg.shape).reshape(n, hkv, groups, d)
+    lse1 = _back_to_rows(lse1.unsqueeze(-1), prefix, qg.shape).reshape(n, hkv, groups)
+    qg = qg.reshape(n, hkv, groups, d)
     own = None  # one query per row sees all its own keys, up to the written ones of a fixed-shape store
     if prefix.suffix_end is not None:
         written = torch.arange(s, device=q.device) < prefix.suffix_end
@@ -264,6 +244,27 @@ def fused_decode_attention(q, k, v, prefix: SharedPrefix, layer: int, scale: flo
     lse = torch.logaddexp(lse1, lse2)
     out = o1.float() * torch.exp(lse1 - lse).unsqueeze(-1) + o2.float() * torch.exp(lse2 - lse).unsqueeze(-1)
     return out.reshape(n, hq, 1, d).to(out_dtype)
+
+
+def _queries_by_prompt(qg: torch.Tensor, prefix: SharedPrefix) -> torch.Tensor:
+    """Rows' queries [N, Hkv, groups, T, D] gathered per prompt: [P, Hkv, slots * groups * T, D] (a reshape
+    when every prompt has `slots` consecutive rows; else zero queries fill the missing slots)."""
+    n, hkv, groups, t, d = qg.shape
+    p, c = prefix.prefix_mask.shape[0], prefix.slots
+    if prefix.regular:
+        qp = qg.view(p, c, hkv, groups, t, d)
+    else:
+        qp = qg.new_zeros(p, c, hkv, groups, t, d).index_put((prefix.rows, prefix.slot), qg)
+    return qp.transpose(1, 2).reshape(p, hkv, c * groups * t, d)
+
+
+def _back_to_rows(x: torch.Tensor, prefix: SharedPrefix, row_shape: torch.Size) -> torch.Tensor:
+    """The inverse of `_queries_by_prompt` for per-query results [P, Hkv, slots * groups * T, X]:
+    [N, Hkv, groups, T, X]."""
+    n, hkv, groups, t, _ = row_shape
+    p, c = prefix.prefix_mask.shape[0], prefix.slots
+    x = x.reshape(p, hkv, c, groups, t, -1).transpose(1, 2)
+    return x.reshape(n, hkv, groups, t, -1) if prefix.regular else x[prefix.rows, prefix.slot]
 
 
 def _partial_softmax(q, k, v, scale: float, masked: torch.Tensor):
