@@ -124,8 +124,7 @@ def feed_shared(model, state: SharedDecodeState, tokens: torch.Tensor) -> torch.
     n, t = tokens.shape
     offsets = torch.arange(t, device=tokens.device)
     positions = (state.next_position.unsqueeze(1) + offsets).unsqueeze(0).expand(3, n, t)
-    # A dict mask skips transformers' mask construction: the attention below masks by itself.
-    masks = {kind: state.prefix for kind in set(getattr(decoder.config, "layer_types", ["full_attention"]))}
+    masks = prefix_masks(decoder, state.prefix)
     extra = {cache_kwarg(decoder): state.cache} if state.cache is not None else {}
     out = decoder(
         input_ids=tokens,
@@ -137,6 +136,12 @@ def feed_shared(model, state: SharedDecodeState, tokens: torch.Tensor) -> torch.
     state.next_position = state.next_position + t
     state.last_hidden = out.last_hidden_state[:, -1]
     return out.last_hidden_state
+
+
+def prefix_masks(decoder, prefix: SharedPrefix) -> dict[str, SharedPrefix]:
+    """The decoder's attention masks for rows on `prefix`: a dict (one entry per layer type) skips
+    transformers' mask construction, since the shared-prefix attention masks by itself."""
+    return {kind: prefix for kind in set(getattr(decoder.config, "layer_types", ["full_attention"]))}
 
 
 def shared_prefix_supported(model, state: DecodeState) -> bool:

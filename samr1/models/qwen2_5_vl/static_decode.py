@@ -17,7 +17,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from samr1.models.qwen2_5_vl.prefix_cache import DecodeState, cache_kwarg, model_parts
-from samr1.models.qwen2_5_vl.shared_prefix import SharedPrefix, share_prefix
+from samr1.models.qwen2_5_vl.shared_prefix import SharedPrefix, prefix_masks, share_prefix
 
 
 class StaticSuffixLayer(DynamicLayer):
@@ -71,10 +71,9 @@ def static_step(model, state: StaticDecodeState, tokens: torch.Tensor) -> torch.
     _, decoder, _ = model_parts(model)
     n = tokens.shape[0]
     positions = state.next_position.view(1, n, 1).expand(3, n, 1)
-    masks = {kind: state.prefix for kind in set(getattr(decoder.config, "layer_types", ["full_attention"]))}
     out = decoder(
         input_ids=tokens,
-        attention_mask=masks,
+        attention_mask=prefix_masks(decoder, state.prefix),
         position_ids=positions,
         use_cache=True,
         **{cache_kwarg(decoder): state.cache},
