@@ -100,9 +100,13 @@ def aggregation_units(mask: torch.Tensor, aggregation: LossAggregation) -> float
     """What `aggregate` divides a batch's summed loss by, up to a constant: its masked tokens ("token")
     or its sequences ("sequence", "fixed"). Weighting micro-batch losses by their share of these units, or
     passing the whole batch's units as `normaliser`, makes gradient accumulation equal one pass over it."""
-    if aggregation == "token":
-        return float(mask.sum().clamp(min=1.0))
-    return float(mask.shape[0])
+    count = aggregation_count(mask, aggregation)
+    return max(count, 1.0) if aggregation == "token" else count  # a batch without completion tokens
+
+
+def aggregation_count(mask: torch.Tensor, aggregation: LossAggregation) -> float:
+    """`aggregation_units` without its floor of 1 token: counts of several processes add up to the global one."""
+    return float(mask.sum()) if aggregation == "token" else float(mask.shape[0])
 
 
 def policy_loss(

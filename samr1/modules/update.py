@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from samr1.modules.grpo import LossAggregation, aggregate, policy_loss
+from samr1.modules.grpo import LossAggregation, aggregate, aggregation_count, policy_loss
 from samr1.modules.logprobs import completion_logprobs
 from samr1.modules.prompting import PromptBatch
 from samr1.modules.rollout import Rollouts
@@ -110,7 +110,7 @@ def global_units(
     mask: torch.Tensor, mini_batches: list[torch.Tensor], aggregation: LossAggregation, group, device
 ) -> list[float]:
     """Per mini-batch, the units of its loss's mean summed over every process (one all-reduce)."""
-    local = [float(mask[rows].sum()) if aggregation == "token" else float(len(rows)) for rows in mini_batches]
+    local = [aggregation_count(mask[rows], aggregation) for rows in mini_batches]
     if group is None and not (dist.is_available() and dist.is_initialized()):
         return [max(u, 1.0) for u in local]
     counts = torch.tensor([len(local), -len(local)], dtype=torch.float64, device=device)
