@@ -26,7 +26,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from samr1.datamodules.synthetic import make_scene
-from samr1.geometry import tight_box
+from samr1.geometry import mask_iou, tight_box
 
 # (has a box, number of points) of each training prompt, and how often it is drawn. The policy's answer is a
 # box and two points; the other layouts keep SAM sensible for partial answers.
@@ -237,8 +237,7 @@ def evaluate_gt_prompts(
         masks, _ = segmenter.predict(
             np.asarray(sample.image), boxes=np.array([sample.box]), points=points, multimask=True
         )
-        target = sample.mask == 1
-        ious.append(np.count_nonzero(masks[0] & target) / max(np.count_nonzero(masks[0] | target), 1))
+        ious.append(mask_iou(masks[0], sample.mask))  # the rewards' and metrics' IoU
     return float(np.mean(ious))
 
 
