@@ -87,11 +87,20 @@ def test_sharded_training_equals_one_process_on_the_same_global_batch(
     assert sharded.keys() == single.keys()
     moved, trainable = 0, [k for k in single if ".visual." not in k]  # the vision tower is frozen
     for key, value in single.items():
-        # AdamW moved each weight by ~4e-3; float noise in the reductions, amplified by AdamW where a gradient
-        # is near 0, stays below 4e-6. A wrong weighting of the processes' gradients would show at 1e-3.
-        torch.testing.assert_close(sharded[key], value, rtol=0, atol=2e-5, msg=key)
+        assert_weights_close(sharded[key], value, key)
         moved += int(not torch.equal(value, initial[key.removeprefix("policy.")]))
     assert moved == len(trainable), "a trainable weight did not move, so the comparison proves less"
+
+
+def assert_weights_close(sharded: torch.Tensor, single: torch.Tensor, key: str) -> None:
+    """AdamW moved each weight by ~4e-3 over the run; float noise in the reductions stays below ~1e-5 almost
+    everywhere, but AdamW amplifies it where a gradient is near 0 (one lm_head element of 65,536 moved 4.9e-5
+    apart on an Intel Xeon host, under 4e-6 on the AMD one). So: all within 1e-4, and at most 0.1% of a
+    tensor's elements beyond 2e-5. A wrong weighting of the processes' gradients would show at 1e-3."""
+    diff = (sharded.float() - single.float()).abs()
+    assert float(diff.max()) < 1e-4, f"{key}: max difference {float(diff.max()):.2e}"
+    beyond = int((diff > 2e-5).sum())
+    assert beyond <= max(1, diff.numel() // 1000), f"{key}: {beyond} of {diff.numel()} elements beyond 2e-5"
 
 
 def test_sharded_resume_is_exact(sharded_run):
