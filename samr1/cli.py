@@ -259,6 +259,13 @@ def tiny_main(argv: list[str]) -> None:
         help="supervised steps on synthetic-shape answers so the policy writes the answer format (demo: 300)",
     )
     parser.add_argument("--warmup-image-size", type=int, default=112)
+    parser.add_argument("--warmup-lr", type=float, default=3e-3, help="the warm-up's learning rate (AdamW)")
+    parser.add_argument(
+        "--warmup-single-shape-steps",
+        type=int,
+        default=0,
+        help="the first this many warm-up steps show one shape per image (a curriculum: where, then which)",
+    )
     parser.add_argument(
         "--warmup-prompt", default="samr1", help="the warm-up's prompt_template (GRPO must use the same one)"
     )
@@ -279,6 +286,8 @@ def tiny_main(argv: list[str]) -> None:
         warmup_image_size=args.warmup_image_size,
         sam_steps=args.sam_steps,
         warmup_prompt=args.warmup_prompt,
+        warmup_lr=args.warmup_lr,
+        warmup_single_shape_steps=args.warmup_single_shape_steps,
     )
     print(json.dumps(manifest, indent=2))
 

@@ -220,6 +220,8 @@ def write_tiny_checkpoints(
     warmup_image_size: int = 112,
     sam_steps: int = 0,
     warmup_prompt: str = "samr1",
+    warmup_lr: float = 3e-3,
+    warmup_single_shape_steps: int = 0,
 ) -> dict:
     """Write the tiny policy and the tiny SAM under `out_dir`; returns their paths (the manifest).
 
@@ -227,7 +229,8 @@ def write_tiny_checkpoints(
     it writes the answer format and GRPO's rewards carry signal from the first step (the demo uses this).
     `sam_steps` > 0 trains the tiny SAM on synthetic shapes at `warmup_image_size` pixels for that many steps
     (see `samr1.tools.tiny_sam`; the manifest records its held-out ground-truth-prompt IoU); 0 keeps it random.
-    `warmup_prompt` is the instruction the warm-up writes answers to (GRPO's `prompt_template` must match).
+    `warmup_prompt` is the instruction the warm-up writes answers to (GRPO's `prompt_template` must match);
+    `warmup_lr` its learning rate, `warmup_single_shape_steps` its one-shape-per-image curriculum steps.
     """
     out = Path(out_dir)
     qwen = build_tiny_qwen(out / "qwen2_5_vl", size=size, seed=seed)
@@ -245,11 +248,19 @@ def write_tiny_checkpoints(
         from samr1.tools.warmup import supervised_warmup
 
         supervised_warmup(
-            qwen, warmup_steps, image_size=warmup_image_size, prompt_template=warmup_prompt, seed=seed
+            qwen,
+            warmup_steps,
+            image_size=warmup_image_size,
+            lr=warmup_lr,
+            prompt_template=warmup_prompt,
+            seed=seed,
+            single_shape_steps=warmup_single_shape_steps,
         )
     manifest = {
         "warmup_steps": warmup_steps,
         "warmup_prompt": warmup_prompt,
+        "warmup_lr": warmup_lr,
+        "warmup_single_shape_steps": warmup_single_shape_steps,
         "policy": str(qwen),
         "sam_checkpoint": str(sam),
         "sam_model_type": "vit_tiny",

@@ -8,6 +8,11 @@ The answers are deliberately noisy: with probability `other_shape_rate` a target
 another shape of the same image, not the queried one. The policy learns the format and to put its box on a
 shape, but not reliably on the shape the query names, so the warmed-up policy is measurably imperfect and
 GRPO's mask reward has something to teach: read the colour and kind in the query and pick that shape.
+
+`single_shape_steps` starts with a curriculum: a policy trained from scratch reads *where* a shape is much
+sooner when each image holds one shape, and *which* shape the query names afterwards. Measured on 2 CPU cores
+(demo size, lr 1e-3): 2,000 steps on mixed scenes leave the policy blind to the image (its first box
+coordinate costs ~2.8 nats), 2,000 one-shape steps then 500 mixed ones give test gIoU 40% and box accuracy 44%.
 """
 
 from __future__ import annotations
@@ -38,15 +43,23 @@ def answer_text(sample: SegSample) -> str:
 
 
 def warmup_sample(
-    index: int, seed: int, image_size: int, other_shape_rate: float, rng: random.Random
+    index: int,
+    seed: int,
+    image_size: int,
+    other_shape_rate: float,
+    rng: random.Random,
+    single_shape: bool = False,
 ) -> SegSample:
-    """Warm-up scene `index`: its query, with the box and points of the queried shape or, with probability
-    `other_shape_rate` (when the image has another shape), of a random other shape."""
-    args = (index, "train", seed + WARMUP_SEED_OFFSET, image_size, 2, 4)
+    """Warm-up scene `index` (of one shape if `single_shape`, else 2 to 4): its query, with the box and points
+    of the queried shape or, with probability `other_shape_rate` (when the image has another shape), of a
+    random other shape."""
+    args = (index, "train", seed + WARMUP_SEED_OFFSET, image_size, *((1, 1) if single_shape else (2, 4)))
     sample = make_shapes_sample(*args)
     if rng.random() >= other_shape_rate:
         return sample
     _, shapes, target = make_scene(*args)
+    if len(shapes) == 1:
+        return sample
     other = shapes[rng.choice([i for i in range(len(shapes)) if i != target])]
     return dataclasses.replace(sample, box=tight_box(other.mask(image_size)), points=other.points)
 
@@ -60,6 +73,7 @@ def supervised_warmup(
     other_shape_rate: float = 0.0,
     prompt_template: str = "samr1",
     seed: int = 0,
+    single_shape_steps: int = 0,
 ) -> list[float]:
     """Fit the policy in `model_dir` to synthetic-shape answers for `steps` steps; returns the losses.
 
@@ -74,9 +88,12 @@ def supervised_warmup(
         prompt_template: the instruction, a preset name or a template with `{query}` (as
             `GRPOModule.prompt_template`; GRPO must then use the same one).
         seed: seeds the initial state, the scenes and the noise.
+        single_shape_steps: the first this many of the `steps` show one shape per image (a curriculum).
     """
     if not 0.0 <= other_shape_rate <= 1.0:
         raise ValueError(f"other_shape_rate must be in [0, 1], got {other_shape_rate}")
+    if not 0 <= single_shape_steps <= steps:
+        raise ValueError(f"single_shape_steps must be in [0, steps={steps}], got {single_shape_steps}")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = load_policy(str(model_dir))
@@ -87,9 +104,10 @@ def supervised_warmup(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
     losses = []
-    for _ in range(steps):
+    for step in range(steps):
+        single = step < single_shape_steps
         samples = [
-            warmup_sample(rng.randrange(10**6), seed, image_size, other_shape_rate, rng)
+            warmup_sample(rng.randrange(10**6), seed, image_size, other_shape_rate, rng, single)
             for _ in range(batch_size)
         ]
         prompts = builder(samples)
