@@ -56,11 +56,9 @@ def warmup_sample(
     random other shape."""
     args = (index, "train", seed + WARMUP_SEED_OFFSET, image_size, *((1, 1) if single_shape else (2, 4)))
     sample = make_shapes_sample(*args)
-    if rng.random() >= other_shape_rate:
+    if rng.random() >= other_shape_rate or sample.meta["num_shapes"] == 1:
         return sample
     _, shapes, target = make_scene(*args)
-    if len(shapes) == 1:
-        return sample
     other = shapes[rng.choice([i for i in range(len(shapes)) if i != target])]
     return dataclasses.replace(sample, box=tight_box(other.mask(image_size)), points=other.points)
 
