@@ -15,10 +15,9 @@ def test_single_shape_scenes_hold_one_shape_and_the_others_two_to_four():
     rng = random.Random(0)
     single = [warmup_sample(i, 0, 112, 0.0, rng, single_shape=True) for i in range(20)]
     mixed = [warmup_sample(i, 0, 112, 0.0, rng) for i in range(20)]
+    mixed_sizes = {s.meta["num_shapes"] for s in mixed}
     assert {s.meta["num_shapes"] for s in single} == {1}
-    assert {s.meta["num_shapes"] for s in mixed} <= {2, 3, 4} and len(
-        {s.meta["num_shapes"] for s in mixed}
-    ) > 1
+    assert mixed_sizes <= {2, 3, 4} and len(mixed_sizes) > 1
     # One shape: the answer is the queried shape even when other_shape_rate asks for another one.
     always_other = warmup_sample(3, 0, 112, 1.0, random.Random(0), single_shape=True)
     assert always_other.box == warmup_sample(3, 0, 112, 0.0, random.Random(0), single_shape=True).box
