@@ -256,10 +256,23 @@ def tiny_main(argv: list[str]) -> None:
         "--warmup-steps",
         type=int,
         default=0,
-        help="supervised steps on synthetic-shape answers so the policy writes the answer format (demo: 300)",
+        help="supervised steps on synthetic-shape answers so the policy writes the answer format (the demo's: see the Makefile)",
     )
     parser.add_argument("--warmup-image-size", type=int, default=112)
     parser.add_argument("--warmup-lr", type=float, default=3e-3, help="the warm-up's learning rate (AdamW)")
+    parser.add_argument("--warmup-batch-size", type=int, default=16, help="answers per warm-up step")
+    parser.add_argument(
+        "--warmup-decay-steps",
+        type=int,
+        default=0,
+        help="the last this many warm-up steps lower the learning rate linearly towards 0 (0: constant)",
+    )
+    parser.add_argument(
+        "--warmup-other-shape-rate",
+        type=float,
+        default=0.0,
+        help="probability that a warm-up answer targets another shape of the image than the queried one",
+    )
     parser.add_argument(
         "--warmup-single-shape-steps",
         type=int,
@@ -287,6 +300,9 @@ def tiny_main(argv: list[str]) -> None:
         sam_steps=args.sam_steps,
         warmup_prompt=args.warmup_prompt,
         warmup_lr=args.warmup_lr,
+        warmup_batch_size=args.warmup_batch_size,
+        warmup_decay_steps=args.warmup_decay_steps,
+        warmup_other_shape_rate=args.warmup_other_shape_rate,
         warmup_single_shape_steps=args.warmup_single_shape_steps,
     )
     print(json.dumps(manifest, indent=2))

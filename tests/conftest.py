@@ -30,7 +30,7 @@ def warm_checkpoints(tmp_path_factory) -> dict[str, str]:
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # a stateless factory: one for the whole session
 def cpu_trainer():
     """A factory of quiet one-process CPU trainers: no logger, progress bar or model summary, and checkpoints
     only when a ModelCheckpoint is among `callbacks`. Keyword arguments override or extend `L.Trainer`'s."""

@@ -222,6 +222,9 @@ def write_tiny_checkpoints(
     warmup_prompt: str = "samr1",
     warmup_lr: float = 3e-3,
     warmup_single_shape_steps: int = 0,
+    warmup_batch_size: int = 16,
+    warmup_decay_steps: int = 0,
+    warmup_other_shape_rate: float = 0.0,
 ) -> dict:
     """Write the tiny policy and the tiny SAM under `out_dir`; returns their paths (the manifest).
 
@@ -230,7 +233,9 @@ def write_tiny_checkpoints(
     `sam_steps` > 0 trains the tiny SAM on synthetic shapes at `warmup_image_size` pixels for that many steps
     (see `samr1.tools.tiny_sam`; the manifest records its held-out ground-truth-prompt IoU); 0 keeps it random.
     `warmup_prompt` is the instruction the warm-up writes answers to (GRPO's `prompt_template` must match);
-    `warmup_lr` its learning rate, `warmup_single_shape_steps` its one-shape-per-image curriculum steps.
+    `warmup_lr` its learning rate, `warmup_batch_size` its answers per step, `warmup_single_shape_steps` its
+    one-shape-per-image curriculum steps, `warmup_decay_steps` its final steps of linearly falling learning
+    rate, `warmup_other_shape_rate` how often an answer targets another shape than the queried one.
     """
     out = Path(out_dir)
     qwen = build_tiny_qwen(out / "qwen2_5_vl", size=size, seed=seed)
@@ -252,6 +257,9 @@ def write_tiny_checkpoints(
             warmup_steps,
             image_size=warmup_image_size,
             lr=warmup_lr,
+            batch_size=warmup_batch_size,
+            other_shape_rate=warmup_other_shape_rate,
+            decay_steps=warmup_decay_steps,
             prompt_template=warmup_prompt,
             seed=seed,
             single_shape_steps=warmup_single_shape_steps,
@@ -260,6 +268,9 @@ def write_tiny_checkpoints(
         "warmup_steps": warmup_steps,
         "warmup_prompt": warmup_prompt,
         "warmup_lr": warmup_lr,
+        "warmup_batch_size": warmup_batch_size,
+        "warmup_decay_steps": warmup_decay_steps,
+        "warmup_other_shape_rate": warmup_other_shape_rate,
         "warmup_single_shape_steps": warmup_single_shape_steps,
         "policy": str(qwen),
         "sam_checkpoint": str(sam),

@@ -1,54 +1,85 @@
 """GRPO learns on the real path: prompt -> answer in model pixels -> original pixels -> trained SAM -> mask IoU
--> group advantage -> update raises the SAM mask reward and gIoU of a fixed test set above the warm-up policy's.
+-> group advantage -> update raises the policy's expected SAM mask reward on held-out scenes.
 
-The original images are 168 px and the policy sees them at 112 px, so an answer must be mapped back (x 1.5)
-before SAM scores it. Once it passes, the bar must be checked against three breakages: answers mapped back with
-the wrong scale, the advantage sign flipped, and the image withheld from the policy.
+The world is the demo's (the Makefile's `samr1 tiny` warm-up, a tiny SAM trained on shapes), except that the
+images are 168 px while the policy sees them at 112 px, so every answer must be mapped back (x 1.5) before SAM
+scores it. "Learned" is measured on 64 held-out test scenes as the mean mask reward of 16 completions each,
+sampled as in training with a fixed generator (the quantity GRPO maximises); the greedy test gIoU is reported.
+Once the unbroken run learns, each of three breakages must stop it: answers mapped back with the wrong scale,
+the advantage sign flipped, the image withheld from the policy.
 
-NOT PASSING YET (issue 15): the demo-size policy (0.85M parameters, trained from scratch) localises shapes only
-weakly after its warm-up (test gIoU 5-12%). GRPO on the demo's test split (32 samples, tiered mask reward,
-learning rate 1e-4) moved gIoU 5.1% -> 12.6% after 40 steps but 5.1% -> 3.1% after 100 steps: no reliable
-gain; 3e-4 for 40 steps: 11.6% -> 10.4%; 1e-3 loses the answer format within three steps. Marked slow and
-xfail (not strict) so it documents the gap and reports XPASS once the bar is met.
+NOT PASSING YET (issue 15). The demo's warm-up policy now localises (greedy test gIoU 34% here, 40% in the
+demo), but 80 GRPO steps at lr 3e-4 on 4,096 fresh scenes moved the expected mask reward 0.832 -> 0.766 and
+0.837 -> 0.879 (two runs of the same seed on a 2-core CPU; threads make them differ), gIoU 34.5% -> 26.6% and
+34.2% -> 23.5%. The rewards are right (mask reward and box-IoU reward of the
+same 64 completions correlate at 0.997); at this scale the updates do not generalise within the budget.
+Marked slow and xfail (not strict) so that it documents the gap and reports XPASS once the bar is met; the
+breakage tests xfail while the unbroken run does not learn, so none of them can pass for the wrong reason.
 """
 
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from samr1.datamodules import SyntheticShapesDataModule
 from samr1.modules.policy import GRPOModule
 from samr1.rewards import AnswerFormatReward, MaskIoUReward, ThinkFormatReward
 
-# The world of the test: a warm-up short enough to leave room, a tiny SAM trained for fewer steps than the demo's.
-WARMUP_STEPS, SAM_STEPS, PROMPT = 400, 300, "Find {query}."
-GRPO_STEPS, REWARD_GAIN, GIOU_GAIN = 40, 0.5, 0.08
+PROMPT = "Find {query}."
+# The demo's warm-up (Makefile: DEMO_WARMUP_*), with a tiny SAM trained for fewer steps than the demo's.
+WARMUP = dict(
+    warmup_steps=2200,
+    warmup_single_shape_steps=1500,
+    warmup_decay_steps=700,
+    warmup_batch_size=8,
+    warmup_lr=2e-3,
+)
+SAM_STEPS = 400
+GRPO_STEPS, LEARNING_RATE = 80, 3e-4
+EVAL_SCENES, EVAL_SAMPLES = 64, 16
+# "Learned": the expected mask reward (tiered, 0..4) of held-out scenes rises by at least this much.
+REWARD_GAIN = 0.15
 
 
 @pytest.fixture(scope="session")
 def shapes_world(tmp_path_factory) -> dict:
-    """The demo-size policy warmed up to the answer format and a tiny SAM trained on shapes (once a session)."""
+    """The demo-size policy after the demo's warm-up and a tiny SAM trained on shapes (once a session)."""
     from samr1.tools.tiny import write_tiny_checkpoints
 
+    out = tmp_path_factory.mktemp("shapes_world")
     return write_tiny_checkpoints(
-        tmp_path_factory.mktemp("shapes_world"),
-        size="demo",
-        seed=0,
-        warmup_steps=WARMUP_STEPS,
-        sam_steps=SAM_STEPS,
-        warmup_prompt=PROMPT,
+        out, size="demo", seed=0, sam_steps=SAM_STEPS, warmup_prompt=PROMPT, **WARMUP
     )
 
 
-def _evaluate(module, data, make_trainer) -> dict[str, float]:
+def expected_mask_reward(module: GRPOModule, data: SyntheticShapesDataModule) -> float:
+    """Mean mask reward of `EVAL_SAMPLES` completions per held-out scene, sampled as in training (seeded)."""
+    scenes = data.dataset("test")
+    samples = [scenes[i] for i in range(EVAL_SCENES)]
+    (mask_reward,) = [r for r in module.rewards if isinstance(r, MaskIoUReward)]
+    training_generator, module.generator = module.generator, torch.Generator().manual_seed(1234)
+    scores = []
+    with torch.no_grad():
+        for start in range(0, len(samples), 16):
+            prompts = module.prompts(samples[start : start + 16])
+            rollouts = module.rollout(prompts, EVAL_SAMPLES, module.hparams.temperature, 64)
+            scores.append(mask_reward(rollouts.texts, [prompts.samples[i] for i in rollouts.prompt_index]))
+    module.generator = training_generator
+    return torch.cat(scores).mean().item()
+
+
+def greedy_giou(module, data, make_trainer) -> float:
     trainer = make_trainer()
     trainer.test(module, datamodule=data, verbose=False)
-    return {key: float(value) for key, value in trainer.callback_metrics.items()}
+    return float(trainer.callback_metrics["test/giou"])
 
 
-def train_on_shapes(world: dict, make_trainer, steps: int = GRPO_STEPS) -> tuple[dict, dict]:
-    """Test metrics of the warm-up policy, then of the policy after `steps` GRPO steps (seeded)."""
+def train_on_shapes(world: dict, make_trainer) -> dict[str, tuple[float, float]]:
+    """(before, after) `GRPO_STEPS` seeded GRPO steps: the expected mask reward and the greedy test gIoU."""
     L.seed_everything(0)
     module = GRPOModule(
         model_path=world["policy"],
@@ -57,32 +88,78 @@ def train_on_shapes(world: dict, make_trainer, steps: int = GRPO_STEPS) -> tuple
         image_size=(112, 112),
         group_size=8,
         max_new_tokens=64,
-        learning_rate=3e-4,
+        learning_rate=LEARNING_RATE,
         micro_batch_size=16,
         kl_coef=0.005,
         sam_checkpoint=world["sam_checkpoint"],
         sam_model_type="vit_tiny",
         seed=0,
     )
+    # 4,096 training scenes: 80 steps of 4 draw each scene at most once (with 256 GRPO learns them by heart).
     data = SyntheticShapesDataModule(
-        num_train=512, num_test=16, image_size=168, batch_size=4, eval_batch_size=16, val_split=None
+        num_train=4096, num_test=EVAL_SCENES, image_size=168, batch_size=4, eval_batch_size=16, val_split=None
     )
-    before = _evaluate(module, data, make_trainer)
-    make_trainer(max_steps=steps).fit(module, datamodule=data)
-    after = _evaluate(module, data, make_trainer)
-    return before, after
+    giou = [greedy_giou(module, data, make_trainer)]  # also sets the module and the data up
+    reward = [expected_mask_reward(module, data)]
+    make_trainer(max_steps=GRPO_STEPS).fit(module, datamodule=data)
+    giou.append(greedy_giou(module, data, make_trainer))
+    reward.append(expected_mask_reward(module, data))
+    return {"mask_reward": tuple(reward), "giou": tuple(giou)}
+
+
+def learned(result: dict) -> bool:
+    before, after = result["mask_reward"]
+    return after - before >= REWARD_GAIN
+
+
+def describe(result: dict) -> str:
+    return ", ".join(f"{key} {before:.3f} -> {after:.3f}" for key, (before, after) in result.items())
+
+
+@pytest.fixture(scope="session")
+def unbroken_run(shapes_world, cpu_trainer) -> dict:
+    return train_on_shapes(shapes_world, cpu_trainer)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False, reason="issue 15: the tiny policy does not learn to localise within the budget"
-)
-def test_grpo_with_the_sam_reward_raises_mask_reward_and_giou(shapes_world, cpu_trainer):
-    before, after = train_on_shapes(shapes_world, cpu_trainer)
-    reward = before["test/reward/mask_iou"], after["test/reward/mask_iou"]
-    giou = before["test/giou"], after["test/giou"]
-    assert before["test/reward/answer_format"] > 0.9, "the warm-up should have taught the answer format"
-    assert reward[1] > reward[0] + REWARD_GAIN, (
-        f"mask reward did not rise: {reward[0]:.3f} -> {reward[1]:.3f}"
+@pytest.mark.xfail(strict=False, reason="issue 15: 80 GRPO steps do not raise the tiny policy's mask reward")
+def test_grpo_with_the_sam_reward_raises_the_expected_mask_reward(unbroken_run):
+    assert learned(unbroken_run), f"GRPO did not learn: {describe(unbroken_run)}"
+
+
+def _wrong_scale(monkeypatch):
+    # Answers are read as if the model saw the original 168 px image: mapped back x 1 instead of x 1.5.
+    from samr1.sample import CoordTransform
+
+    monkeypatch.setattr(CoordTransform, "to_original", lambda self, xy: np.asarray(xy, dtype=np.float64))
+
+
+def _flipped_advantage(monkeypatch):
+    import samr1.modules.module as module
+
+    advantages = module.group_advantages
+    monkeypatch.setattr(module, "group_advantages", lambda *args: -advantages(*args))
+
+
+def _no_image(monkeypatch):
+    # The policy sees a grey image of the same size; the rewards and metrics still score the real one.
+    from samr1.modules.prompting import PromptBuilder
+
+    shown = PromptBuilder.images_for
+    monkeypatch.setattr(
+        PromptBuilder,
+        "images_for",
+        lambda self, sample: [Image.new("RGB", im.size, (128, 128, 128)) for im in shown(self, sample)],
     )
-    assert giou[1] > giou[0] + GIOU_GAIN, f"gIoU did not rise: {giou[0]:.3f} -> {giou[1]:.3f}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "breakage", [_wrong_scale, _flipped_advantage, _no_image], ids=lambda f: f.__name__[1:]
+)
+def test_a_broken_path_does_not_learn(breakage, unbroken_run, shapes_world, cpu_trainer, monkeypatch):
+    if not learned(unbroken_run):
+        pytest.xfail(f"the unbroken path does not learn yet either: {describe(unbroken_run)}")
+    breakage(monkeypatch)
+    result = train_on_shapes(shapes_world, cpu_trainer)
+    assert not learned(result), f"learned despite {breakage.__name__[1:]}: {describe(result)}"
