@@ -60,14 +60,18 @@ def expected_mask_reward(module: GRPOModule, data: SyntheticShapesDataModule) ->
     scenes = data.dataset("test")
     samples = [scenes[i] for i in range(EVAL_SCENES)]
     (mask_reward,) = [r for r in module.rewards if isinstance(r, MaskIoUReward)]
+    hp = module.hparams
     training_generator, module.generator = module.generator, torch.Generator().manual_seed(1234)
     scores = []
-    with torch.no_grad():
-        for start in range(0, len(samples), 16):
-            prompts = module.prompts(samples[start : start + 16])
-            rollouts = module.rollout(prompts, EVAL_SAMPLES, module.hparams.temperature, 64)
-            scores.append(mask_reward(rollouts.texts, [prompts.samples[i] for i in rollouts.prompt_index]))
-    module.generator = training_generator
+    try:
+        with torch.no_grad():
+            for start in range(0, len(samples), 16):
+                prompts = module.prompts(samples[start : start + 16])
+                rollouts = module.rollout(prompts, EVAL_SAMPLES, hp.temperature, hp.max_new_tokens)
+                answered = [prompts.samples[i] for i in rollouts.prompt_index]
+                scores.append(mask_reward(rollouts.texts, answered))
+    finally:  # the training run's own sampling stream continues untouched
+        module.generator = training_generator
     return torch.cat(scores).mean().item()
 
 
