@@ -53,7 +53,12 @@ TINY_SIZES: dict[str, dict] = {
         hidden=64, layers=2, heads=4, kv_heads=2, inter=128, v_hidden=32, v_depth=2, v_heads=2, vocab=1024
     ),
     # ~0.85M parameters, one token per digit (as Qwen2's tokenizer): the demo's and the learning test's policy.
+    # Rotary base 100, not Qwen's 1e6: multimodal RoPE gives an image token's row and column only the lower
+    # frequencies of each head (here 6 + 6 of 16 pairs), which at base 1e6 turn by under 0.1 rad (rows) and
+    # 0.001 rad (columns) across the 4 x 4 token grid, so the policy cannot tell where an image token is from
+    # attention; at base 100 they turn by 0.2-1 rad (rows) and 0.04-0.17 rad (columns).
     "demo": dict(
+        rope_theta=100.0,
         hidden=128,
         layers=3,
         heads=4,
@@ -151,7 +156,7 @@ def build_tiny_qwen(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> P
             num_key_value_heads=s["kv_heads"],
             max_position_embeddings=4096,
             rope_scaling={"type": "mrope", "mrope_section": mrope},
-            rope_theta=1000000.0,
+            rope_theta=s.get("rope_theta", 1000000.0),
             tie_word_embeddings=False,
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
