@@ -1,5 +1,5 @@
 """The demo's offline tools: the tiny SAM trainer's checkpoint loads through build_sam; the report's table and
-training-log choice."""
+training-log choice; the demo policy's rotary embedding separates image rows and columns."""
 
 from __future__ import annotations
 
@@ -42,3 +42,23 @@ def test_report_reads_the_fit_log_not_the_test_runs_logs(tmp_path):
     assert series["train/reward/mask_iou"] == ([1.0], [0.5])
     # total reward, the one reward, mask IoU, KL, completion length
     assert len(curve_panels(series)) == 5
+
+
+def test_demo_policy_rotary_tells_image_rows_and_columns_apart(tmp_path):
+    # Multimodal RoPE rotates an image token's query/key pairs by its (t, h, w) grid position, and attention
+    # sees only the rotation between two tokens; the demo policy must see a shape's row and column through it.
+    from transformers import Qwen2_5_VLConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRotaryEmbedding
+
+    from samr1.tools.tiny import build_tiny_qwen
+
+    config = Qwen2_5_VLConfig.from_pretrained(build_tiny_qwen(tmp_path, size="demo"))
+    rotary = Qwen2_5_VLRotaryEmbedding(config.text_config)
+    # token (0, 0) and the tokens 3 rows and 3 columns away: the ends of a 112 px image's 4 x 4 token grid
+    positions = torch.tensor([[0, 0, 0], [0, 3, 0], [0, 0, 3]]).T[:, None, :]  # [3 sections, 1, 3 tokens]
+    cos, sin = rotary(torch.zeros(1), positions)
+    half = cos.shape[-1] // 2
+    angles = torch.atan2(sin[0, :, :half], cos[0, :, :half])  # [token, pair]; token 0 turns by 0
+    assert angles[0].abs().max() == 0
+    assert angles[1].abs().max() > 0.9  # rows (base 1e6: 0.095)
+    assert angles[2].abs().max() > 0.15  # columns (base 1e6: 0.0005)
