@@ -85,7 +85,9 @@ def test_fit_then_test_writes_checkpoint_and_predictions(tmp_path, tiny_checkpoi
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
     main(["test", "--config", config, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")])
     lines = (tmp_path / "pred.jsonl").read_text().splitlines()
-    assert len(lines) == 32  # every test sample, none dropped
+    with open(config) as f:
+        num_test = yaml.safe_load(f)["data"]["init_args"]["num_test"]
+    assert num_test == 128 and len(lines) == num_test  # every test sample, none dropped
     out = capsys.readouterr().out
     assert "giou" in out and "parse_failure_rate" in out
 
