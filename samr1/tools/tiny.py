@@ -55,8 +55,8 @@ TINY_SIZES: dict[str, dict] = {
     # ~0.85M parameters, one token per digit (as Qwen2's tokenizer): the demo's and the learning test's policy.
     # Rotary base 100, not Qwen's 1e6: multimodal RoPE gives an image token's row and column only the lower
     # frequencies of each head (here 6 + 6 of 16 pairs), which at base 1e6 turn by under 0.1 rad (rows) and
-    # 0.001 rad (columns) across the 4 x 4 token grid, so the policy cannot tell where an image token is from
-    # attention; at base 100 they turn by 0.2-1 rad (rows) and 0.04-0.17 rad (columns).
+    # 0.001 rad (columns) across the 4 x 4 token grid, so attention barely tells rows and cannot tell columns
+    # apart; at base 100 they turn by 0.2-1 rad (rows) and 0.04-0.17 rad (columns). The other sizes keep 1e6.
     "demo": dict(
         rope_theta=100.0,
         hidden=128,
