@@ -125,7 +125,10 @@ def test_resumed_fit_trains_at_the_configured_learning_rate(trained_run, tiny_ch
     run_dir = copy_run(trained_run, tmp_path)
     config = write_config(tmp_path / "c.yaml", run_dir, tiny_checkpoints)
     stored = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    assert [g["lr"] for g in stored["optimizer_states"][0]["param_groups"]] == [1e-4, 1e-4]
+    with open("configs/demo.yaml") as f:
+        demo_lr = yaml.safe_load(f)["model"]["learning_rate"]
+    stored_lrs = [g["lr"] for g in stored["optimizer_states"][0]["param_groups"]]
+    assert demo_lr == 2e-4 and stored_lrs == [2e-4, 2e-4]  # the demo recipe's, before the resume changes it
     main(["fit", "--config", config, "--ckpt_path", "last", "--trainer.max_steps", str(FIT_STEPS + 2),
           "--model.learning_rate", "0.5"])  # fmt: skip
     resumed = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")

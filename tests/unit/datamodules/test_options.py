@@ -56,13 +56,13 @@ def test_print_config_lists_the_loader_options_under_data(capsys):
     assert exit_info.value.code == 0
     data = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]
     assert {k: data[k] for k in ("batch_size", "eval_batch_size", "num_workers", "seed", "on_error")} == {
-        "batch_size": 4,
+        "batch_size": 16,
         "eval_batch_size": 16,
         "num_workers": 0,
         "seed": 0,
         "on_error": "error",
     }
-    assert (data["num_train"], data["train_split"]) == (256, "train")  # its own options and the splits
+    assert (data["num_train"], data["train_split"]) == (4096, "train")  # its own options and the splits
 
 
 def test_options_reach_the_base_and_bad_values_are_named():
