@@ -121,6 +121,7 @@ def expected_mask_reward(module: GRPOModule, data: SyntheticShapesDataModule, pr
                     ]
     finally:  # the training run's own sampling stream continues untouched
         module.generator = training_generator
+    assert len(reference) == len(samples) * EVAL_SAMPLES  # every completion scored once by the reference
     return torch.cat(scores).mean().item(), float(np.mean(reference))
 
 
