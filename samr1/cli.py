@@ -288,6 +288,11 @@ def tiny_main(argv: list[str]) -> None:
         default=0,
         help="train the tiny SAM on synthetic shapes for this many steps (demo: 600; 0 keeps it random)",
     )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="train the SAM first in this process, not beside the warm-up in a second one (one thread each)",
+    )
     args = parser.parse_args(argv)
     from samr1.tools.tiny import write_tiny_checkpoints
 
@@ -304,6 +309,7 @@ def tiny_main(argv: list[str]) -> None:
         warmup_decay_steps=args.warmup_decay_steps,
         warmup_other_shape_rate=args.warmup_other_shape_rate,
         warmup_single_shape_steps=args.warmup_single_shape_steps,
+        parallel=not args.sequential,
     )
     print(json.dumps(manifest, indent=2))
 

@@ -9,6 +9,7 @@ They load through exactly the same code as real weights (`from_pretrained`, `loa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -230,6 +231,7 @@ def write_tiny_checkpoints(
     warmup_batch_size: int = 16,
     warmup_decay_steps: int = 0,
     warmup_other_shape_rate: float = 0.0,
+    parallel: bool = True,
 ) -> dict:
     """Write the tiny policy and the tiny SAM under `out_dir`; returns their paths (the manifest).
 
@@ -241,34 +243,42 @@ def write_tiny_checkpoints(
     `warmup_lr` its learning rate, `warmup_batch_size` its answers per step, `warmup_single_shape_steps` its
     one-shape-per-image curriculum steps, `warmup_decay_steps` its final steps of linearly falling learning
     rate, `warmup_other_shape_rate` how often an answer targets another shape than the queried one.
+    `parallel` trains the SAM in a second process beside the warm-up when both run and torch has two or more
+    threads (`tiny_sam.SamTrainingBeside`); False trains it first, in this process.
     """
     out = Path(out_dir)
     qwen = build_tiny_qwen(out / "qwen2_5_vl", size=size, seed=seed)
-    sam_report = None
+    sam_path = out / "sam_vit_tiny.pth"
+    sam_report = sam_job = None
     if sam_steps > 0:
-        from samr1.tools.tiny_sam import write_trained_sam
+        from samr1.tools.tiny_sam import SamTrainingBeside, write_trained_sam
 
-        sam_report = write_trained_sam(
-            out / "sam_vit_tiny.pth", steps=sam_steps, image_size=warmup_image_size, seed=seed
-        )
-        sam = Path(sam_report.path)
+        sam_args = dict(path=sam_path, steps=sam_steps, image_size=warmup_image_size, seed=seed)
+        if parallel and warmup_steps > 0 and torch.get_num_threads() > 1:
+            sam_job = SamTrainingBeside(**sam_args)
+        else:
+            sam_report = write_trained_sam(**sam_args)
     else:
-        sam = build_tiny_sam(out / "sam_vit_tiny.pth", seed=seed)
+        build_tiny_sam(sam_path, seed=seed)
     if warmup_steps > 0:
         from samr1.tools.warmup import supervised_warmup
 
-        supervised_warmup(
-            qwen,
-            warmup_steps,
-            image_size=warmup_image_size,
-            lr=warmup_lr,
-            batch_size=warmup_batch_size,
-            other_shape_rate=warmup_other_shape_rate,
-            decay_steps=warmup_decay_steps,
-            prompt_template=warmup_prompt,
-            seed=seed,
-            single_shape_steps=warmup_single_shape_steps,
-        )
+        with sam_job or contextlib.nullcontext():
+            supervised_warmup(
+                qwen,
+                warmup_steps,
+                image_size=warmup_image_size,
+                lr=warmup_lr,
+                batch_size=warmup_batch_size,
+                other_shape_rate=warmup_other_shape_rate,
+                decay_steps=warmup_decay_steps,
+                prompt_template=warmup_prompt,
+                seed=seed,
+                single_shape_steps=warmup_single_shape_steps,
+                on_step=sam_job.on_step if sam_job else None,
+            )
+            if sam_job is not None:
+                sam_report = sam_job.result()
     manifest = {
         "warmup_steps": warmup_steps,
         "warmup_prompt": warmup_prompt,
@@ -278,11 +288,12 @@ def write_tiny_checkpoints(
         "warmup_other_shape_rate": warmup_other_shape_rate,
         "warmup_single_shape_steps": warmup_single_shape_steps,
         "policy": str(qwen),
-        "sam_checkpoint": str(sam),
+        "sam_checkpoint": str(sam_path),
         "sam_model_type": "vit_tiny",
         "size": size,
         "seed": seed,
         "sam_trained": sam_report is not None,
+        "sam_trained_beside_warmup": sam_job is not None,
     }
     if sam_report is not None:
         manifest["sam_training"] = dataclasses.asdict(sam_report)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -84,6 +85,7 @@ def supervised_warmup(
     seed: int = 0,
     single_shape_steps: int = 0,
     decay_steps: int = 0,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Fit the policy in `model_dir` to synthetic-shape answers for `steps` steps; returns the losses.
 
@@ -100,6 +102,7 @@ def supervised_warmup(
         seed: seeds the initial state, the scenes and the noise.
         single_shape_steps: the first this many of the `steps` show one shape per image (a curriculum).
         decay_steps: the last this many steps lower the learning rate linearly towards 0 (0: constant).
+        on_step: called with each step's index after its update (`samr1 tiny` hands threads back with it).
     """
     if not 0.0 <= other_shape_rate <= 1.0:
         raise ValueError(f"other_shape_rate must be in [0, 1], got {other_shape_rate}")
@@ -143,5 +146,7 @@ def supervised_warmup(
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        if on_step is not None:
+            on_step(step)
     model.save_pretrained(model_dir, safe_serialization=True)
     return losses

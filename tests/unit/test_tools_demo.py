@@ -1,8 +1,12 @@
 """The demo's offline tools: the tiny SAM trainer's checkpoint loads through build_sam; the report's table and
-training-log choice; the demo policy's rotary embedding separates image rows and columns."""
+training-log choice; the demo policy's rotary embedding separates image rows and columns; training the SAM
+beside the warm-up writes what training them one after the other does."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
 from samr1.tools.demo_report import comparison_table, curve_panels, metrics_csv, read_series
@@ -62,3 +66,40 @@ def test_demo_policy_rotary_tells_image_rows_and_columns_apart(tmp_path):
     assert angles[0].abs().max() == 0
     assert angles[1].abs().max() > 0.9  # rows (base 1e6: 0.095)
     assert angles[2].abs().max() > 0.15  # columns (base 1e6: 0.0005)
+
+
+def test_sam_trained_beside_the_warmup_equals_training_them_one_after_the_other(tmp_path):
+    # `samr1 tiny` trains the SAM in a second process at one thread while the warm-up runs here with one
+    # thread fewer; the checkpoints must be those of the sequential path (the SAM's: of one-thread training).
+    from safetensors.torch import load_file
+
+    from samr1.tools.tiny import write_tiny_checkpoints
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        kwargs = dict(size="tiny", seed=0, warmup_steps=3, warmup_batch_size=2, sam_steps=2)
+        beside = write_tiny_checkpoints(tmp_path / "beside", **kwargs)
+        assert beside["sam_trained_beside_warmup"] and torch.get_num_threads() == 2  # threads handed back
+        alone = write_tiny_checkpoints(tmp_path / "alone", parallel=False, **kwargs)
+        assert not alone["sam_trained_beside_warmup"]
+        torch.set_num_threads(1)
+        one_thread = train_tiny_sam(steps=2, seed=0).state_dict()
+    finally:
+        torch.set_num_threads(threads)
+    policy = [load_file(Path(m["policy"]) / "model.safetensors") for m in (beside, alone)]
+    assert policy[0].keys() == policy[1].keys()
+    assert all(torch.equal(policy[0][k], policy[1][k]) for k in policy[0])
+    sam = torch.load(beside["sam_checkpoint"], weights_only=True)
+    assert all(torch.equal(sam[k], v) for k, v in one_thread.items())
+
+
+def test_sam_training_beside_reports_the_second_process_error():
+    from samr1.tools.tiny_sam import SamTrainingBeside
+
+    threads = torch.get_num_threads()
+    with SamTrainingBeside(steps=1, no_such_option=True) as job:
+        assert torch.get_num_threads() == max(1, threads - 1)
+        with pytest.raises(RuntimeError, match="no_such_option"):
+            job.result()
+    assert torch.get_num_threads() == threads
