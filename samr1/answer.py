@@ -20,6 +20,7 @@ import ast
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,8 +143,12 @@ def _decode(text: str) -> Any:
     except (ValueError, RecursionError, TypeError):
         pass
     try:
-        # literal_eval only builds literals (no names, calls or attribute access): safe on untrusted text.
-        return ast.literal_eval(text)
+        # literal_eval only builds literals (no names, calls or attribute access): safe on untrusted text. Its
+        # compiler warns about odd escapes or numbers in the text ("\>", "4if"); a completion is not our code.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError, OverflowError):
         return None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import string
+import warnings
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -120,6 +121,23 @@ def test_bad_coordinates_are_dropped_not_returned(body):
     a = parse_answer(f"<answer>{body}</answer>")
     _check(a)
     assert a is None or a.box is None
+
+
+@pytest.mark.parametrize(
+    "body, box",
+    [
+        ("{'bbox': [1, 2, 3, 4], 'note': '\\>'}", (1.0, 2.0, 3.0, 4.0)),
+        ("{'bbox': [1, 2, 3, 4if 1 else 0]}", None),
+    ],
+)
+def test_odd_escapes_and_numbers_in_a_completion_raise_no_python_warnings(body, box):
+    # Python's compiler warns about these ("invalid escape sequence", "invalid decimal literal"); a policy's
+    # completion is data, so reading it must not print warnings into a training run.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        answer = parse_answer(f"<answer>{body}</answer>")
+    assert caught == []
+    assert (answer.box if answer is not None else None) == box
 
 
 def test_bad_points_are_dropped_individually():
